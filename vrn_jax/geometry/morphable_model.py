@@ -161,6 +161,9 @@ def load_bfm_face3d(path: str | os.PathLike) -> MorphableModel:
 def load_morphable_model(directory_or_file: str | os.PathLike) -> MorphableModel:
   """Loads a 3DMM from a directory holding Model_Shape.mat + Model_Exp.mat, or from a BFM.mat file."""
   p = os.fspath(directory_or_file)
+  if not os.path.exists(p):
+    raise InputError(f"{p}: no such 3DMM; expected a directory holding Model_Shape.mat + "
+                     "Model_Exp.mat (3DDFA) or BFM.mat (face3d), or the path of a BFM.mat.")
   if os.path.isdir(p):
     shape, exp = os.path.join(p, "Model_Shape.mat"), os.path.join(p, "Model_Exp.mat")
     if os.path.isfile(shape) and os.path.isfile(exp):

@@ -1,0 +1,44 @@
+"""Shared test fixtures: small meshes with known geometry and the release's example photos."""
+
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLIP_Y = np.diag([1.0, -1.0, 1.0])
+
+
+def fixtures_dir() -> str:
+  """The release's example photos (shared/ beside the checkout, or $VRN_FIXTURES)."""
+  path = os.environ.get("VRN_FIXTURES",
+                        os.path.join(REPO, os.pardir, "shared", "fixtures", "vrn_examples"))
+  if not os.path.isdir(path):
+    if os.environ.get("CI"):
+      pytest.fail(f"{path}: the fixture photos are missing; CI needs shared/ beside the checkout.")
+    pytest.skip(f"{path} not found; set VRN_FIXTURES to the vrn_examples folder")
+  return path
+
+
+def half_ellipsoid(radii=(50.0, 60.0, 35.0), subdivisions=5, nose=0.0):
+  """The front half (z >= 0) of an ellipsoid, centred at the origin, optionally with a Gaussian nose
+  bump of height `nose` on its front: (vertices (N, 3), faces (T, 3)). Its solid is exactly what the
+  paper's voxelisation makes of it: front surface filled back to the plane z = 0."""
+  import trimesh
+
+  sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+  v = sphere.vertices * np.asarray(radii)
+  keep = v[:, 2] >= -1e-9
+  faces = sphere.faces[np.all(keep[sphere.faces], axis=1)]
+  if nose:
+    r2 = (v[:, 0] ** 2 + v[:, 1] ** 2) / (0.15 * radii[0]) ** 2
+    v = v.copy()
+    v[:, 2] += nose * np.exp(-r2) * keep
+  return v, faces
+
+
+def image_rotation(pitch_deg, yaw_deg, roll_deg):
+  from vrn_jax.geometry.pose import rotation_3ddfa
+
+  r = rotation_3ddfa(*np.deg2rad([pitch_deg, yaw_deg, roll_deg]))
+  return FLIP_Y @ r @ FLIP_Y
