@@ -27,10 +27,19 @@ def test_decode_equals_the_dense_procedure_across_yaw(yaw):
   volume = decode_volume(compact)
   assert volume.shape == VOLUME_SHAPE and volume.dtype == bool
   assert volume.sum() > 100_000
-  np.testing.assert_array_equal(volume, voxelise_dense_reference(compact))
+  assert_equal_but_ties(volume, compact)
   np.testing.assert_array_equal(volume, voxelise(verts, f, r))
   dense_bytes = np.prod(VOLUME_SHAPE)  # uint8
   assert compact.nbytes * 20 < dense_bytes
+
+
+def assert_equal_but_ties(volume, compact):
+  """`volume` equals the independent float64 implementation of the decoding rule, except for voxels
+  whose centre lies within float32 rounding (1e-4 voxels) of the surface or back plane."""
+  reference, margin = voxelise_dense_reference(compact)
+  differ = volume != reference
+  assert np.all(np.abs(margin[differ]) < 1e-4), np.abs(margin[differ]).max()
+  assert differ.sum() <= 1e-3 * reference.sum()  # ties are rare: a frontal pose lines some up
 
 
 def _solid_distance(points_frontal, radii):

@@ -8,4 +8,4 @@ from vrn_jax.geometry.morphable_model import (MorphableModel, load_3ddfa, load_b
                                               load_morphable_model)
 from vrn_jax.geometry.pose import Pose, rotation_3ddfa
 from vrn_jax.geometry.voxelise import (VOLUME_SHAPE, Z_SCALE, CompactVolume, decode_volume,
-                                       encode_volume, frontal_depth_map, voxelise)
+                                       encode_volume, frontal_depth_map)
