@@ -1,0 +1,368 @@
+"""VRN networks: paper-size parameter counts and forwards, the release topology against the released
+state dict's layout, hourglass resolutions, BatchNorm modes, bf16, the align_corners upsample, losses and
+heatmaps against float64 NumPy references.
+
+Paper-size networks are slow on a 2-core CPU, so: shapes and counts come from `jax.eval_shape`, variables
+from `lazy_init`, and only VRN (both topologies) runs a real 192x192 forward; the other variants run at a
+reduced width. `pytest -s` prints counts and times.
+"""
+
+import ast
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vrn_jax import models
+from vrn_jax.models import count_parameters, get_model, release_param_paths
+from vrn_jax.models.layers import Residual, conv_factory, norm_factory, upsample_bilinear
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TSV = os.path.join(REPO, "..", "shared", "reference", "vrn_unguided_torch_state_dict.tsv")
+RELEASE_PARAMS = 19_184_968  # the released vrn-unguided model (PyTorch port's parameters())
+# Our designs at the paper's size (features 256, depth 4), pinned so a topology change is noticed.
+STANDARD_PARAMS = {"vrn": 6_742_344, "vrn_multitask": 9_962_124, "vrn_guided": 13_698_640}
+RELEASE_TOPOLOGY_PARAMS = {"vrn": RELEASE_PARAMS, "vrn_multitask": 28_626_060, "vrn_guided": 26_141_264}
+SMALL = dict(features=16, depth=2)  # a CPU-sized network; input stays 192x192
+
+IMAGE = jax.ShapeDtypeStruct((1, 192, 192, 3), jnp.float32)
+
+
+def _images(batch=1, size=192, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 3)), jnp.float32)
+
+
+def _shapes(tree):
+  return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+@pytest.fixture(scope="module")
+def release_vrn():
+  """Paper-size release VRN: (model, variables, jitted eval apply)."""
+  model = get_model(variant="vrn", topology="release")
+  start = time.perf_counter()
+  variables = model.lazy_init(jax.random.key(0), IMAGE)
+  print(f"\n[release VRN] lazy_init {time.perf_counter() - start:.1f} s")
+  return model, variables, jax.jit(model.apply)
+
+
+def _timed_forward(name, apply, variables, images):
+  start = time.perf_counter()
+  out = jax.block_until_ready(apply(variables, images))
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  out = jax.block_until_ready(apply(variables, images))
+  print(f"[{name}] CPU forward, batch {images.shape[0]}, {images.shape[1]}x{images.shape[2]}, float32: "
+        f"compile+run {first:.1f} s, run {time.perf_counter() - start:.2f} s")
+  return out
+
+
+# --- paper size -------------------------------------------------------------------------------------
+
+
+def test_release_vrn_paper_size_forward(release_vrn):
+  model, variables, apply = release_vrn
+  n = count_parameters(variables["params"])
+  print(f"[release VRN] {n:,} parameters")
+  assert n == RELEASE_PARAMS
+  logits = _timed_forward("release VRN", apply, variables, _images())
+  assert logits.shape == (1, 192, 192, 200) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_standard_vrn_paper_size_forward():
+  model = get_model(variant="vrn", topology="standard")
+  variables = model.lazy_init(jax.random.key(0), IMAGE)
+  n = count_parameters(variables["params"])
+  print(f"\n[standard VRN] {n:,} parameters")
+  assert n == STANDARD_PARAMS["vrn"]
+  logits = _timed_forward("standard VRN", jax.jit(model.apply), variables, _images())
+  assert logits.shape == (1, 192, 192, 200) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("variant", ["vrn", "vrn_multitask", "vrn_guided"])
+@pytest.mark.parametrize("topology", ["standard", "release"])
+def test_paper_size_counts_and_output_shapes(variant, topology):
+  model = get_model(variant=variant, topology=topology)
+  variables = jax.eval_shape(model.init, jax.random.key(0), IMAGE)
+  out = _shapes(jax.eval_shape(model.apply, variables, IMAGE))
+  n = count_parameters(variables["params"])
+  print(f"\n[{variant}, {topology}] {n:,} parameters, outputs {out}")
+  assert n == (STANDARD_PARAMS if topology == "standard" else RELEASE_TOPOLOGY_PARAMS)[variant]
+  volume = out if variant == "vrn" else out["volume"]
+  assert volume == (1, 192, 192, 200)
+  if variant == "vrn_multitask":
+    assert out["heatmaps"] == (1, 192, 192, 68)
+  if variant == "vrn_guided":
+    assert out["heatmaps"] == [(1, 192, 192, 68)] * 2
+
+
+# --- the released weights' layout ------------------------------------------------------------------
+
+
+def _read_tsv():
+  if not os.path.exists(TSV):
+    if os.environ.get("CI"):
+      pytest.fail(f"{TSV} is missing; CI needs shared/ beside the checkout.")
+    pytest.skip(f"{TSV} not found (shared/reference/ beside the checkout); set CI to make this fatal")
+  shapes = {}
+  with open(TSV) as f:
+    for line in f:
+      if line.startswith("#") or not line.strip():
+        continue
+      key, shape = line.rstrip("\n").split("\t")
+      shapes[key] = tuple(ast.literal_eval(shape))
+  return shapes
+
+
+def test_release_param_paths_cover_the_released_state_dict(release_vrn):
+  torch_shapes = _read_tsv()
+  expected = {k: s for k, s in torch_shapes.items() if not k.endswith("num_batches_tracked")}
+  paths = release_param_paths()
+  assert sorted(paths) == sorted(expected), "mapping keys differ from the state dict's"
+  targets = [(t.collection,) + t.path for t in paths.values()]
+  assert len(set(targets)) == len(targets), "two state-dict tensors map to the same variable"
+
+  _, variables, _ = release_vrn
+  ours = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  assert set(ours) == set(targets), "some of our variables have no state-dict tensor"
+  for key, target in paths.items():
+    shape = expected[key]
+    if target.transpose is not None:
+      shape = tuple(shape[i] for i in target.transpose)
+    assert ours[(target.collection,) + target.path].shape == shape, key
+
+  # PyTorch counts weights and biases only: the TSV's own count agrees with ours.
+  n = sum(int(np.prod(s)) for k, s in expected.items() if not k.endswith(("running_mean", "running_var")))
+  assert n == RELEASE_PARAMS
+
+
+def test_released_layout_converts_and_runs(release_vrn):
+  """Random tensors in the state dict's layout, converted by the mapping, run through the network."""
+  torch_shapes = _read_tsv()
+  model, variables, apply = release_vrn
+  rng = np.random.default_rng(0)
+  flat = {}
+  for key, target in release_param_paths().items():
+    shape = torch_shapes[key]
+    if key.endswith("running_var"):
+      value = rng.uniform(0.5, 2.0, shape)
+    elif len(shape) == 4:  # conv weight, PyTorch's default scale
+      value = rng.uniform(-1, 1, shape) / np.sqrt(np.prod(shape[1:]))
+    else:
+      value = rng.normal(0.0, 0.1, shape) + (1.0 if key.endswith("weight") else 0.0)
+    if target.transpose is not None:
+      value = np.transpose(value, target.transpose)
+    flat[(target.collection,) + target.path] = jnp.asarray(value, jnp.float32)
+  converted = flax.traverse_util.unflatten_dict(flat)
+  assert _shapes(converted) == _shapes(flax.core.unfreeze(variables))
+  logits = apply(converted, _images())  # same shapes: reuses the compiled forward
+  assert logits.shape == (1, 192, 192, 200) and np.isfinite(np.asarray(logits)).all()
+
+
+# --- units at a small size -------------------------------------------------------------------------
+
+
+def _hourglass_min_size(variant_kwargs):
+  model = get_model(**variant_kwargs)
+  variables = model.lazy_init(jax.random.key(0), IMAGE)
+  capture = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))
+  _, state = capture(variables, _images())
+  # Every module's output inside the hourglass blocks (the stem and head excluded).
+  sizes = [leaf.shape[1:3] for name, outputs in state["intermediates"].items()
+           if name.startswith("hourglass_") for leaf in jax.tree_util.tree_leaves(outputs)]
+  return min(sizes), max(sizes)
+
+
+def test_hourglass_lowest_resolution():
+  # The stem takes 192 to 48. The release pools once per branch: 24x24 at any depth; Newell's
+  # hourglass halves per level: 48 / 2**4 = 3.
+  assert _hourglass_min_size(dict(features=16, depth=4, topology="release")) == ((24, 24), (48, 48))
+  assert _hourglass_min_size(dict(features=16, depth=4, topology="standard")) == ((3, 3), (48, 48))
+
+
+def test_residual_skip_is_identity_or_conv():
+  conv, norm = conv_factory(), norm_factory(train=False)
+  x = _images(size=8)[..., :2].repeat(4, axis=-1)  # 8 channels
+  same = Residual(8, conv, norm)
+  v = same.init(jax.random.key(0), x)
+  assert "skip" not in v["params"]
+  # Zero the last conv: only the skip is left, and it must be the identity.
+  v = jax.tree_util.tree_map_with_path(
+      lambda p, a: jnp.zeros_like(a) if "conv3" in jax.tree_util.keystr(p) else a, v)
+  np.testing.assert_array_equal(same.apply(v, x), x)
+  wider = Residual(16, conv, norm)
+  v = wider.init(jax.random.key(0), x)
+  assert v["params"]["skip"]["kernel"].shape == (1, 1, 8, 16)
+  assert v["params"]["conv2"]["kernel"].shape == (3, 3, 8, 8)  # bottleneck width f/2
+  assert all("bias" in m for name, m in v["params"].items() if name.startswith(("conv", "skip")))
+
+
+def test_batch_stats_update_only_in_train_mode():
+  model = get_model(**SMALL)
+  images = _images(batch=2)
+  variables = model.init(jax.random.key(0), images[:, :64, :64])
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["batch_stats"]))
+
+  _, updated = train(variables, images)
+  updated = {"params": variables["params"], "batch_stats": updated["batch_stats"]}
+  changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
+                                   updated["batch_stats"])
+  assert all(jax.tree_util.tree_leaves(changed))
+
+  out, unchanged = evaluate(updated, images)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, unchanged["batch_stats"], updated["batch_stats"])
+  # Running statistics: each example's output is independent of the rest of the batch.
+  single, _ = evaluate(updated, images[:1])
+  np.testing.assert_allclose(single[0], out[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bfloat16_compute_close_to_float32(train):
+  images = _images(batch=2)
+  f32, bf16 = get_model(**SMALL), get_model(**SMALL, dtype="bfloat16")
+  variables = f32.init(jax.random.key(0), images[:, :64, :64])
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a: a.dtype == jnp.float32,
+                                                       bf16.init(jax.random.key(0), images[:, :64, :64])))
+  run = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=train, mutable=["batch_stats"])[0])
+  reference, low = run(f32)(variables, images), run(bf16)(variables, images)
+  assert low.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(low - reference) / jnp.linalg.norm(reference))
+  print(f"\n[bf16 vs f32, train={train}] relative L2 error {rel:.4f}")
+  # bf16 keeps 8 mantissa bits (4e-3 relative per rounding). With running statistics (identity at init)
+  # ~30 layers accumulate ~1%: tolerance 3%. In train mode, batch normalisation of a randomly initialised
+  # net amplifies any perturbation layer by layer (Yang et al., ICLR 2019), and un-centred ReLU sums lose
+  # relative precision when BN subtracts their mean: ~6% measured (features 16), tolerance 10%.
+  assert rel < (0.1 if train else 0.03)
+
+
+def test_small_variants_forward():
+  images = _images(batch=2)
+  landmarks = np.random.default_rng(1).uniform(20, 170, size=(2, 68, 2))
+  heatmaps = models.render_heatmaps(landmarks)
+
+  multitask = get_model(variant="vrn_multitask", **SMALL)
+  variables = multitask.init(jax.random.key(0), images[:1, :64, :64])
+  out = jax.jit(multitask.apply)(variables, images)
+  assert out["volume"].shape == (2, 192, 192, 200) and out["heatmaps"].shape == (2, 192, 192, 68)
+  assert all(np.isfinite(np.asarray(a)).all() for a in out.values())
+
+  guided = get_model(variant="vrn_guided", **SMALL)
+  variables = guided.init(jax.random.key(0), images[:1, :64, :64])
+  apply = jax.jit(guided.apply)
+  with_truth, detected = apply(variables, images, heatmaps), apply(variables, images)
+  for out in (with_truth, detected):
+    assert out["volume"].shape == (2, 192, 192, 200) and out["volume"].dtype == jnp.float32
+    assert [h.shape for h in out["heatmaps"]] == [(2, 192, 192, 68)] * 2
+    assert np.isfinite(np.asarray(out["volume"])).all()
+  # The detector runs either way; the volume net sees ground truth or the detector's last stack.
+  np.testing.assert_array_equal(with_truth["heatmaps"][-1], detected["heatmaps"][-1])
+  assert not np.allclose(with_truth["volume"], detected["volume"])
+  np.testing.assert_allclose(apply(variables, images, detected["heatmaps"][-1])["volume"],
+                             detected["volume"], rtol=1e-5, atol=1e-5)
+  # Guidance enters the volume net's stem as 3 + 68 channels.
+  assert variables["params"]["volume_net"]["stem"]["conv"]["kernel"].shape[2] == 3 + 68
+
+
+def test_get_model_config():
+  config = models.default_model_config()
+  config.variant, config.features, config.depth = "vrn_multitask", 16, 2
+  model = get_model(config, dtype="bfloat16")
+  assert isinstance(model, models.VRNMultitask) and model.dtype == jnp.bfloat16
+  assert model.param_dtype == jnp.float32 and model.features == 16
+  assert isinstance(get_model(ml_collections.ConfigDict({"topology": "release"})), models.VRN)
+  with pytest.raises(ValueError, match="unknown model config fields"):
+    get_model(num_stacks=3)
+  with pytest.raises(ValueError, match="topology"):
+    get_model(topology="newell")
+  with pytest.raises(ValueError, match="variant"):
+    get_model(variant="vrn_unguided")
+
+
+# --- numerics against float64 NumPy references -----------------------------------------------------
+
+
+def _bilinear_reference(x, factor):
+  """align_corners=True bilinear, one output pixel at a time, float64."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, h * factor, w * factor, c))
+  for i in range(h * factor):
+    sy = i * (h - 1) / (h * factor - 1)
+    y0 = min(int(np.floor(sy)), h - 2)
+    fy = sy - y0
+    for j in range(w * factor):
+      sx = j * (w - 1) / (w * factor - 1)
+      x0 = min(int(np.floor(sx)), w - 2)
+      fx = sx - x0
+      out[:, i, j] = ((1 - fy) * (1 - fx) * x[:, y0, x0] + (1 - fy) * fx * x[:, y0, x0 + 1]
+                      + fy * (1 - fx) * x[:, y0 + 1, x0] + fy * fx * x[:, y0 + 1, x0 + 1])
+  return out
+
+
+@pytest.mark.parametrize("shape", [(2, 48, 48, 3), (1, 12, 7, 5)])
+def test_upsample_bilinear_align_corners(shape):
+  x = np.random.default_rng(0).normal(size=shape)
+  ours = jax.jit(upsample_bilinear)(jnp.asarray(x, jnp.float32))
+  reference = _bilinear_reference(x, 4)
+  assert ours.shape == reference.shape and ours.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(ours), reference, atol=1e-5)
+  # Corners coincide with the input's.
+  np.testing.assert_allclose(np.asarray(ours)[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]],
+                             atol=1e-6)
+
+
+def test_volume_loss_matches_float64_reference():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 5, size=(2, 6, 6, 10))
+  logits[0, 0, 0, :6] = [1e4, -1e4, 200.0, -200.0, 88.0, -88.0]  # exp overflows float32 here
+  target = rng.uniform(size=logits.shape) < 0.5
+  target[0, 0, 0, :6] = [0, 1, 0, 1, 1, 0]  # the worst cases: confidently wrong
+  x = logits
+  reference = np.mean(np.logaddexp(0.0, x) - x * target)  # -t log s(x) - (1-t) log(1-s(x))
+  ours = jax.jit(models.volume_loss)(jnp.asarray(logits, jnp.float32), jnp.asarray(target, jnp.uint8))
+  assert ours.dtype == jnp.float32 and np.isfinite(float(ours))
+  np.testing.assert_allclose(float(ours), reference, rtol=1e-6)
+  # Confident and right costs ~nothing, stably.
+  assert float(models.volume_loss(jnp.full((4,), 1e4), jnp.ones((4,)))) == 0.0
+
+
+def test_heatmap_loss():
+  rng = np.random.default_rng(0)
+  target = rng.uniform(size=(2, 8, 8, 68))
+  stacks = [rng.uniform(size=target.shape) for _ in range(2)]
+  per_stack = [np.mean((s - target) ** 2) for s in stacks]
+  np.testing.assert_allclose(float(models.heatmap_loss(jnp.asarray(stacks[0]), jnp.asarray(target))),
+                             per_stack[0], rtol=1e-5)
+  np.testing.assert_allclose(float(models.heatmap_loss([jnp.asarray(s) for s in stacks],
+                                                       jnp.asarray(target))), sum(per_stack), rtol=1e-5)
+
+
+def _heatmaps_reference(landmarks, resolution, sigma=1.0, source=192):
+  scale = (resolution - 1) / (source - 1)
+  yy, xx = np.mgrid[:resolution, :resolution].astype(np.float64)
+  out = np.zeros((landmarks.shape[0], resolution, resolution, landmarks.shape[1]))
+  for b in range(landmarks.shape[0]):
+    for k in range(landmarks.shape[1]):
+      cx, cy = landmarks[b, k] * scale
+      out[b, :, :, k] = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (sigma * scale) ** 2))
+  return out
+
+
+@pytest.mark.parametrize("resolution", [192, 48])
+def test_heatmaps_match_numpy(resolution):
+  landmarks = np.random.default_rng(0).uniform(-5, 197, size=(2, 68, 2))
+  landmarks[0, 0] = [10.0, 150.0]  # on a pixel centre at 192
+  render = jax.jit(models.render_heatmaps, static_argnums=(1,))
+  ours = render(jnp.asarray(landmarks, jnp.float32), resolution)
+  assert ours.shape == (2, resolution, resolution, 68) and ours.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(ours), _heatmaps_reference(landmarks, resolution), atol=1e-5)
+  if resolution == 192:
+    assert float(ours[0, 150, 10, 0]) == pytest.approx(1.0)  # (y, x) indexing: row 150, column 10
+    assert float(ours[0, 150, 11, 0]) == pytest.approx(np.exp(-0.5))  # sigma = 1 px

@@ -1,0 +1,132 @@
+"""Building blocks shared by every VRN variant: the pre-activation bottleneck and resampling ops.
+
+All arrays are NHWC. Convolutions and BatchNorm follow PyTorch's conventions (explicit symmetric padding,
+eps 1e-5, running-average momentum 0.1), so that the released model's weights drop in unchanged
+(see `release.py`).
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ModuleDef = Callable[..., nn.Module]
+Dtype = Any
+
+# PyTorch's BatchNorm defaults: running = 0.9 running + 0.1 batch (flax names the kept fraction), eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def conv_factory(dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> ModuleDef:
+  """`nn.Conv` with a bias and the given compute / parameter dtypes (every release conv has a bias)."""
+  return functools.partial(nn.Conv, use_bias=True, dtype=dtype, param_dtype=param_dtype)
+
+
+def norm_factory(train: bool, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+                 axis_name: str | None = None) -> ModuleDef:
+  """`nn.BatchNorm` with PyTorch's defaults; batch statistics in train mode, running ones otherwise.
+
+  `axis_name` turns on cross-replica (synchronised) statistics inside pmap / shard_map.
+  """
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                           epsilon=BN_EPSILON, dtype=dtype, param_dtype=param_dtype, axis_name=axis_name)
+
+
+def conv_bn_relu(x: jax.Array, features: int, conv: ModuleDef, norm: ModuleDef, name: str) -> jax.Array:
+  """conv1x1 -> BN -> ReLU, the release's `Sequential(conv, BN, ReLU)` (submodules `<name>_conv/_bn`)."""
+  x = conv(features, (1, 1), padding=0, name=f"{name}_conv")(x)
+  return nn.relu(norm(name=f"{name}_bn")(x))
+
+
+class Residual(nn.Module):
+  """Pre-activation bottleneck: BN-ReLU-conv1x1(f/2) - BN-ReLU-conv3x3(f/2) - BN-ReLU-conv1x1(f) + skip.
+
+  The skip is the identity, or a conv1x1 of the *raw* input when the channel count changes (as in the
+  release, where the skip branch is a lone conv). Every conv has a bias.
+
+  Attributes:
+    features: output channels f.
+    conv, norm: factories from `conv_factory` / `norm_factory` (they carry dtype and train mode).
+  """
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H, W, features)."""
+    half = self.features // 2
+    h = nn.relu(self.norm(name="bn1")(x))
+    h = self.conv(half, (1, 1), padding=0, name="conv1")(h)
+    h = nn.relu(self.norm(name="bn2")(h))
+    h = self.conv(half, (3, 3), padding=1, name="conv2")(h)
+    h = nn.relu(self.norm(name="bn3")(h))
+    h = self.conv(self.features, (1, 1), padding=0, name="conv3")(h)
+    skip = x
+    if x.shape[-1] != self.features:
+      skip = self.conv(self.features, (1, 1), padding=0, name="skip")(x)
+    return skip + h
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+  """2x2 max pool, stride 2: (B, H, W, C) -> (B, H/2, W/2, C). H and W must be even."""
+  if x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"max_pool2 needs even spatial sizes, got {x.shape[1:3]}: the hourglass depth is too "
+                     "large for this input size (the stem output must be divisible by 2**depth).")
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def upsample_nearest2(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour x2 upsample: (B, H, W, C) -> (B, 2H, 2W, C)."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) float64 matrix of 1-D linear interpolation with align_corners=True.
+
+  Output sample i sits at input coordinate i * (size_in - 1) / (size_out - 1): first and last samples of
+  both grids coincide (the release's SpatialUpSamplingBilinear).
+  """
+  m = np.zeros((size_out, size_in))
+  if size_in == 1 or size_out == 1:
+    m[:, 0] = 1.0
+    return m
+  src = np.arange(size_out) * (size_in - 1) / (size_out - 1)
+  lo = np.minimum(np.floor(src).astype(int), size_in - 2)
+  frac = src - lo
+  rows = np.arange(size_out)
+  m[rows, lo] = 1.0 - frac
+  m[rows, lo + 1] += frac
+  return m
+
+
+def upsample_bilinear(x: jax.Array, factor: int = 4) -> jax.Array:
+  """Bilinear upsample with align_corners=True, as two small interpolation matrices (exact, matmul-fast).
+
+  Args:
+    x: (B, H, W, C).
+    factor: integer scale.
+  Returns:
+    (B, factor*H, factor*W, C), same dtype as x.
+  """
+  _, h, w, _ = x.shape
+  my = jnp.asarray(bilinear_matrix(h, factor * h), x.dtype)
+  mx = jnp.asarray(bilinear_matrix(w, factor * w), x.dtype)
+  # HIGHEST: no TF32 / bf16 passes on accelerators; these matmuls are tiny next to the network.
+  hp = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("Yy,byxc->bYxc", my, x, precision=hp)
+  return jnp.einsum("Xx,bYxc->bYXc", mx, x, precision=hp)
+
+
+def count_parameters(params: Any) -> int:
+  """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs from `jax.eval_shape`).
+
+  Pass only the 'params' collection: like PyTorch's `parameters()`, BN running statistics are not counted.
+  """
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))

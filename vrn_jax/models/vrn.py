@@ -1,0 +1,229 @@
+"""The three VRN networks of the paper: VRN, VRN-Multitask and VRN-Guided.
+
+Every network takes (B, H, W, C) float images (192x192 in the paper) and returns float32 outputs at the
+input resolution whatever the compute dtype: volume logits (B, H, W, 200) with the 200 channels being the
+z axis (our volume layout (y, x, z)), and 68 landmark heatmaps (B, H, W, 68).
+
+Resolution choices. The stem quarters the resolution (192 -> 48) and the hourglasses work at 48x48; the
+head regresses at 48x48 and upsamples x4 bilinearly with align_corners=True (the release). Heatmaps take
+the same route: regressed at 48x48, upsampled to 192x192. We chose full resolution for heatmaps because
+the paper's guidance heatmaps are sigma = 1 px Gaussians *at 192* stacked with the RGB input: at 48x48
+they would be a quarter-pixel wide, i.e. not representable, and the detector's output can be fed to the
+volume network as it is.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vrn_jax.models.hourglass import HourglassBlock
+from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, conv_factory, max_pool2,
+                                   norm_factory, upsample_bilinear)
+
+VOLUME_DEPTH = 200
+NUM_LANDMARKS = 68
+OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool; the head undoes it with a x4 bilinear upsample
+
+
+class Stem(nn.Module):
+  """conv7x7/2 (f/4) BN ReLU, Res(f/2), maxpool, Res(f/2), Res(f): (B, H, W, C) -> (B, H/4, W/4, f).
+
+  At f = 256 this is the release's 3 -> 64 -> 128 -> 128 -> 256 stem.
+  """
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # Explicit padding 3, as PyTorch's: flax's 'SAME' would pad (2, 3) at stride 2 and shift the grid.
+    x = self.conv(self.features // 4, (7, 7), strides=(2, 2), padding=3, name="conv")(x)
+    x = nn.relu(self.norm(name="bn")(x))
+    x = Residual(self.features // 2, self.conv, self.norm, name="res_0")(x)
+    x = max_pool2(x)
+    x = Residual(self.features // 2, self.conv, self.norm, name="res_1")(x)
+    return Residual(self.features, self.conv, self.norm, name="res_2")(x)
+
+
+class UpsampledHead(nn.Module):
+  """conv1x1-BN-ReLU, conv1x1 -> outputs, cast to float32, bilinear x4 (align_corners=True).
+
+  (B, h, w, features) -> (B, 4h, 4w, num_outputs) float32.
+  """
+  num_outputs: int
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = conv_bn_relu(x, self.features, self.conv, self.norm, name="hidden")
+    x = self.conv(self.num_outputs, (1, 1), padding=0, name="out")(x)
+    # Upsample in float32: it is cheap, and logits feed a loss over 7.4 M voxels.
+    return upsample_bilinear(x.astype(jnp.float32), OUTPUT_STRIDE)
+
+
+def _check_images(images: jax.Array) -> None:
+  if images.ndim != 4 or images.shape[1] % OUTPUT_STRIDE or images.shape[2] % OUTPUT_STRIDE:
+    raise ValueError(f"expected (B, H, W, C) images with H and W divisible by {OUTPUT_STRIDE} "
+                     f"(192x192 in the paper), got shape {images.shape}")
+
+
+class VRN(nn.Module):
+  """VRN: a stem, `num_hourglasses` blocks `x + HourglassBlock(x)` (no intermediate supervision), a head.
+
+  At the paper size (features 256, two hourglasses of depth 4) with topology='release' this is the
+  released vrn-unguided network, 19,184,968 parameters; its weights map in with `release_param_paths()`.
+
+  Attributes:
+    features: residual-module width (256 in the paper).
+    num_hourglasses: stacked hourglass blocks (2 in the paper).
+    depth: hourglass recursion depth (4).
+    topology: 'standard' (Newell, the paper's description) or 'release' (the released weights').
+    volume_depth: output channels = z samples (200).
+    dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
+    bn_axis_name: axis name for cross-replica BatchNorm statistics, or None for per-replica ones.
+  """
+  features: int = 256
+  num_hourglasses: int = 2
+  depth: int = 4
+  topology: str = "standard"
+  volume_depth: int = VOLUME_DEPTH
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """(B, H, W, C) float images -> (B, H, W, volume_depth) float32 volume logits (y, x, z)."""
+    _check_images(images)
+    conv = conv_factory(self.dtype, self.param_dtype)
+    norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
+    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    for i in range(self.num_hourglasses):
+      x = x + HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
+    return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x)
+
+
+class VRNMultitask(nn.Module):
+  """VRN-Multitask: shared hourglass(es), then a fork of one hourglass per task (three in the paper).
+
+  Attributes: as `VRN`, plus
+    num_shared_hourglasses: hourglass blocks before the fork (1 in the paper).
+    num_landmarks: heatmap channels (68 iBUG landmarks).
+  """
+  features: int = 256
+  num_shared_hourglasses: int = 1
+  depth: int = 4
+  topology: str = "standard"
+  volume_depth: int = VOLUME_DEPTH
+  num_landmarks: int = NUM_LANDMARKS
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """(B, H, W, C) -> {'volume': (B, H, W, 200) logits, 'heatmaps': (B, H, W, 68)}, both float32."""
+    _check_images(images)
+    conv = conv_factory(self.dtype, self.param_dtype)
+    norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
+    block = lambda name: HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=name)
+    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    for i in range(self.num_shared_hourglasses):
+      x = x + block(f"hourglass_{i}")(x)
+    v = x + block("volume_hourglass")(x)
+    h = x + block("landmark_hourglass")(x)
+    return {"volume": UpsampledHead(self.volume_depth, self.features, conv, norm, name="volume_head")(v),
+            "heatmaps": UpsampledHead(self.num_landmarks, self.features, conv, norm,
+                                      name="landmark_head")(h)}
+
+
+class LandmarkDetector(nn.Module):
+  """Newell et al.'s stacked-hourglass landmark detector, with intermediate supervision.
+
+  After each hourglass block a conv1x1 regresses the heatmaps; except after the last, both the block's
+  features and the heatmaps are mapped back by conv1x1 and added to the block's input (Newell et al.).
+  Always the standard hourglass: the release quirk concerns only the volume network.
+
+  Attributes:
+    features, depth, dtype, param_dtype, bn_axis_name: as `VRN`.
+    num_hourglasses: stacks (2), each supervised.
+    num_landmarks: heatmap channels (68).
+  """
+  features: int = 256
+  num_hourglasses: int = 2
+  depth: int = 4
+  num_landmarks: int = NUM_LANDMARKS
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
+    """(B, H, W, C) -> [(B, H, W, num_landmarks) float32 heatmaps] per stack, last = final prediction."""
+    _check_images(images)
+    conv = conv_factory(self.dtype, self.param_dtype)
+    norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
+    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    outputs = []
+    for i in range(self.num_hourglasses):
+      h = HourglassBlock("standard", self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
+      heatmaps = conv(self.num_landmarks, (1, 1), padding=0, name=f"heatmap_{i}")(h)
+      outputs.append(upsample_bilinear(heatmaps.astype(jnp.float32), OUTPUT_STRIDE))
+      if i < self.num_hourglasses - 1:
+        x = (x + conv(self.features, (1, 1), padding=0, name=f"merge_features_{i}")(h)
+             + conv(self.features, (1, 1), padding=0, name=f"merge_heatmaps_{i}")(heatmaps))
+    return outputs
+
+
+class VRNGuided(nn.Module):
+  """VRN-Guided: a landmark detector, and a VRN on RGB + 68 heatmaps (3 + 68 channels).
+
+  Training feeds ground-truth heatmaps (the paper); at test time the detector's last stack is used.
+  Detected heatmaps enter the volume network through stop_gradient: the detector learns from its own
+  heatmap loss only, as it would when trained separately.
+
+  Attributes: as `VRN` (for the volume network), plus
+    num_detector_hourglasses: detector stacks (2).
+    num_landmarks: heatmap channels (68).
+  """
+  features: int = 256
+  num_hourglasses: int = 2
+  depth: int = 4
+  topology: str = "standard"
+  num_detector_hourglasses: int = 2
+  volume_depth: int = VOLUME_DEPTH
+  num_landmarks: int = NUM_LANDMARKS
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, heatmaps: jax.Array | None = None,
+               train: bool = False) -> dict[str, Any]:
+    """Volume and landmarks from images.
+
+    Args:
+      images: (B, H, W, 3) float images.
+      heatmaps: (B, H, W, num_landmarks) ground-truth heatmaps (training), or None to use the detector's.
+      train: batch statistics (and their update) instead of running averages.
+    Returns:
+      {'volume': (B, H, W, 200) float32 logits,
+       'heatmaps': [(B, H, W, 68) float32] one per detector stack}.
+    """
+    common = dict(features=self.features, depth=self.depth, dtype=self.dtype,
+                  param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
+    detected = LandmarkDetector(num_hourglasses=self.num_detector_hourglasses,
+                                num_landmarks=self.num_landmarks, name="detector", **common)(images, train)
+    if heatmaps is None:
+      heatmaps = jax.lax.stop_gradient(detected[-1])
+    elif heatmaps.shape != detected[-1].shape:
+      raise ValueError(f"guidance heatmaps must be {detected[-1].shape} (B, H, W, landmarks) like the images, "
+                       f"got {heatmaps.shape}; render them with vrn_jax.models.heatmaps.render_heatmaps")
+    guided = jnp.concatenate([images.astype(jnp.float32), heatmaps.astype(jnp.float32)], axis=-1)
+    volume = VRN(num_hourglasses=self.num_hourglasses, topology=self.topology,
+                 volume_depth=self.volume_depth, name="volume_net", **common)(guided, train)
+    return {"volume": volume, "heatmaps": detected}
