@@ -366,3 +366,17 @@ def test_heatmaps_match_numpy(resolution):
   if resolution == 192:
     assert float(ours[0, 150, 10, 0]) == pytest.approx(1.0)  # (y, x) indexing: row 150, column 10
     assert float(ours[0, 150, 11, 0]) == pytest.approx(np.exp(-0.5))  # sigma = 1 px
+
+
+def test_upsample_gradient_is_the_transposed_interpolation():
+  """The custom backward pass of the tap-based upsample is M^T g, against float64 NumPy."""
+  from vrn_jax.models.layers import bilinear_matrix, upsample_bilinear
+
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+  g = rng.normal(size=(2, 20, 28, 3))
+  _, vjp = jax.vjp(upsample_bilinear, x)
+  (grad,) = vjp(jnp.asarray(g, jnp.float32))
+  my, mx = bilinear_matrix(5, 20), bilinear_matrix(7, 28)
+  expected = np.einsum("Yy,Xx,bYXc->byxc", my, mx, g)
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-5)
