@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -22,10 +23,18 @@ def machine() -> str:
   return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def pin_to_one_core() -> None:
-  """Benchmarks of single-core targets run on one core (and single-threaded BLAS)."""
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+@contextlib.contextmanager
+def one_core():
+  """Runs the block pinned to one core (benchmarks of single-core targets)."""
+  if not hasattr(os, "sched_setaffinity"):
+    yield
+    return
+  cores = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, {sorted(cores)[0]})
+  try:
+    yield
+  finally:
+    os.sched_setaffinity(0, cores)
 
 
 def best_time(fn, repeats: int, warmup: int = 1) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -15,3 +16,40 @@ def run_main(main: Callable[[list[str]], None], argv: list[str] | None = None) -
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if hasattr(v, "items"):
+      keys += _flat_keys(v, prefix + k + ".")
+  return keys
+
+
+def check_config_overrides(argv: list[str], default_config: str) -> None:
+  """Fails early, naming the closest keys, when a `--config.a.b=v` override names no config field.
+
+  (ml_collections would raise an AttributeError from deep inside flag parsing instead.)
+  """
+  import difflib  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  spec = default_config
+  for a in argv:
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise InputError(f"--config={spec}: no such config file {path}.")
+  module_spec = importlib.util.spec_from_file_location("_vrn_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  keys = _flat_keys(module.get_config(arg or None))
+  for a in argv:
+    if a.startswith("--config."):
+      key = a[len("--config."):].split("=", 1)[0]
+      if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise InputError(f"--config.{key}: no such config field in {path}{hint}.")

@@ -1,0 +1,24 @@
+"""VRN at the paper's size: two hourglasses of 256 features, no intermediate supervision; RMSProp at
+1e-4, 1e-5 after 40 epochs. `:release` uses the released model's hourglass topology."""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.model.variant = "vrn"
+  config.model.features = 256
+  config.model.depth = 4
+  config.model.topology = "release" if arg == "release" else "standard"
+  config.optim.learning_rate = 1e-4
+  config.optim.decay_epochs = (40.0,)
+  config.num_epochs = 50.0
+  config.global_batch_size = 32
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.eval_examples = -1
+  config.eval_batch_size = 32
+  config.data.num_threads = 8
+  if arg not in (None, "release"):
+    raise ValueError(f"configs/vrn.py: unknown argument {arg!r}; expected nothing or 'release'.")
+  return config

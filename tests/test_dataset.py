@@ -1,0 +1,164 @@
+"""The vrn_faces dataset: examples agree with their geometry; readers, tfds builder, host pipeline."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+from conftest import REPO
+from vrn_jax.data import build, examples, pipeline, readers
+from vrn_jax.data.face_model import build_face_model
+from vrn_jax.data.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
+from vrn_jax.files import InputError
+from vrn_jax.geometry.pose import Pose
+from vrn_jax.geometry.raster import rasterise
+from vrn_jax.geometry.voxelise import VOLUME_SHAPE, Z_SCALE
+
+
+def visible_landmark_errors(model, face, example):
+  """|front-most occupied voxel - landmark z| (voxels) at each visible landmark's (x, y)."""
+  pose = Pose.from_pose_para(face.pose_para)
+  vertices, _ = examples.crop_vertices(model, pose, face.shape_para, face.exp_para,
+                                       face.image.shape[:2])
+  np.testing.assert_allclose(vertices[model.landmark_indices], example["landmarks"], atol=1e-3)
+  # Visibility from a crop-frame z-buffer of the whole face region (independent of the volume code).
+  depth, _, _ = rasterise(vertices, model.face_triangles(), (192, 192))
+  volume = examples.decode_volume(example)
+  errors = []
+  for x, y, z in example["landmarks"]:
+    ix, iy = int(round(x)), int(round(y))
+    if not (0 <= ix < 192 and 0 <= iy < 192 and np.isfinite(depth[iy, ix])):
+      continue
+    if z < depth[iy, ix] - 1.0:  # hidden behind another part of the face
+      continue
+    column = np.nonzero(volume[iy, ix])[0]
+    assert column.size, (example["name"], x, y)
+    errors.append(abs(column.max() - z / Z_SCALE))
+  return np.asarray(errors)
+
+
+def test_images_landmarks_and_volumes_agree():
+  model = build_face_model()
+  all_errors = []
+  for i in range(12):
+    face = sample_face(model, np.random.default_rng([7, i]))
+    example = examples.make_example(face.image, model, face.pose_para, face.shape_para,
+                                    face.exp_para, f"f{i}")
+    assert example["image"].shape == (192, 192, 3)
+    errors = visible_landmark_errors(model, face, example)
+    assert errors.size >= 20
+    all_errors.append(errors)
+  all_errors = np.concatenate(all_errors)
+  assert all_errors.max() <= 3.0, all_errors.max()
+
+
+def test_synthetic_examples_are_deterministic():
+  a = build.synthetic_example(3, 5)
+  b = build.synthetic_example(3, 5)
+  c = build.synthetic_example(3, 6)
+  assert a[0] == b[0] != c[0]
+  np.testing.assert_array_equal(a[1]["image"], b[1]["image"])
+  np.testing.assert_array_equal(a[1]["volume"]["depth"], b[1]["volume"]["depth"])
+  assert not np.array_equal(a[1]["image"], c[1]["image"])
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+  """Small 300W-LP and AFLW2000-3D trees, with one broken file of each kind."""
+  root = tmp_path_factory.mktemp("manual")
+  write_300w_lp_tree(str(root), 6, seed=11)
+  write_aflw2000_tree(str(root), 5, seed=12)
+  items = readers.list_300w_lp(str(root))
+  # A .mat without Pose_Para, a corrupt JPEG, a landmark array of the wrong shape.
+  mat = scipy.io.loadmat(items[0].mat_path)
+  del mat["Pose_Para"]
+  scipy.io.savemat(items[0].mat_path, {k: v for k, v in mat.items() if not k.startswith("__")})
+  with open(items[1].image_path, "wb") as f:
+    f.write(b"\xff\xd8 not really a jpeg")
+  aflw = readers.list_aflw2000(str(root))
+  mat = scipy.io.loadmat(aflw[0].mat_path)
+  mat["pt3d_68"] = mat["pt3d_68"][:, :67]
+  scipy.io.savemat(aflw[0].mat_path, {k: v for k, v in mat.items() if not k.startswith("__")})
+  return root
+
+
+def test_readers_report_bad_files_by_name(trees):
+  model = readers.find_morphable_model(str(trees))
+  items = readers.list_300w_lp(str(trees))
+  assert len(items) == 6
+  with pytest.raises(InputError, match=r"\.mat: missing key\(s\) \['Pose_Para'\]"):
+    readers.read_fit(items[0], model)
+  with pytest.raises(InputError, match=r"\.jpg: not a readable image"):
+    readers.read_fit(items[1], model)
+  with pytest.raises(InputError, match=r"`pt3d_68` has shape \(3, 67\); expected \(3, 68\)"):
+    readers.read_fit(readers.list_aflw2000(str(trees))[0], model)
+  fit = readers.read_fit(items[2], model)
+  assert fit.photo.shape == (450, 450, 3)
+
+
+def _build(config, data_dir, manual_dir=None):
+  import tensorflow_datasets as tfds
+
+  from vrn_jax.datasets.vrn_faces import Builder
+
+  builder = Builder(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir and str(manual_dir)))
+  return builder
+
+
+def test_builder_skips_bad_files_and_round_trips_examples(trees, tmp_path, monkeypatch):
+  monkeypatch.setenv("VRN_FACES_NUM_WORKERS", "2")  # the parallel path
+  builder = _build("300w_lp", tmp_path, trees)
+  assert builder.info.splits["train"].num_examples == 4  # 6 written, 2 broken
+  source = pipeline.data_source(str(tmp_path), "300w_lp", "train")
+  model = readers.find_morphable_model(str(trees))
+  good = [it for it in readers.list_300w_lp(str(trees))][2:]
+  by_name = {source[i]["name"]: source[i] for i in range(len(source))}
+  for item in good:
+    stored = by_name[item.name.encode() if isinstance(next(iter(by_name)), bytes) else item.name]
+    _, fresh = build.real_example(str(trees), item)
+    np.testing.assert_array_equal(stored["image"], fresh["image"])
+    volume = examples.decode_volume(stored)
+    assert volume.shape == VOLUME_SHAPE and volume.dtype == bool
+    np.testing.assert_array_equal(volume, examples.decode_volume(fresh))
+    np.testing.assert_allclose(stored["landmarks"], fresh["landmarks"])
+    assert -90 <= stored["yaw"] <= 90
+  del model
+
+
+def test_missing_manual_dir_gives_the_instructions(tmp_path):
+  with pytest.raises(Exception, match="academic licences"):
+    _build("aflw2000_3d", tmp_path)
+
+
+def test_tfds_cli_builds_aflw2000_3d(trees, tmp_path):
+  env = dict(os.environ, VRN_FACES_NUM_WORKERS="1")
+  r = subprocess.run(["tfds", "build", os.path.join(REPO, "vrn_jax", "datasets", "vrn_faces"),
+                      "--config=aflw2000_3d", f"--manual_dir={trees}", f"--data_dir={tmp_path}"],
+                     capture_output=True, text=True, cwd=REPO, env=env,
+                     executable=os.path.join(os.path.dirname(sys.executable), "tfds"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "4 examples written, 1 source files skipped" in r.stderr
+  source = pipeline.data_source(str(tmp_path), "aflw2000_3d", "test")
+  assert len(source) == 4
+
+
+def test_host_batches_shape_shard_and_repeat():
+  source = [{"image": np.full((4, 4, 3), i, np.uint8), "volume": {"depth": np.zeros((2, 2), np.uint8),
+             "back": np.int32(i), "affine": np.zeros((3, 4), np.float32)},
+             "landmarks": np.zeros((68, 3), np.float32), "yaw": np.float32(i)} for i in range(10)]
+  it = pipeline.host_batches(source, batch_size=4, num_devices=2, seed=0)
+  first = next(it)
+  assert first["image"].shape == (2, 2, 4, 4, 3)
+  assert first["volume_back"].shape == (2, 2)
+  seen = [next(it)["volume_back"].reshape(-1) for _ in range(4)]  # into the second epoch
+  assert len(set(np.concatenate([first["volume_back"].reshape(-1), seen[0]]))) == 8
+  # Two processes see disjoint halves of each epoch.
+  shards = [set(pipeline.epoch_indices(10, 0, 0, True, p, 2)) for p in range(2)]
+  assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 10
+  with pytest.raises(InputError, match="not a multiple of 3 local devices"):
+    next(pipeline.host_batches(source, batch_size=4, num_devices=3))

@@ -1,0 +1,202 @@
+"""Training: data parallelism and resume are exact, bad situations end cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A tiny vrn_faces/aflw2000_3d dataset (12 procedural faces) to train on."""
+  from vrn_jax.data.synthetic import write_aflw2000_tree
+  from vrn_jax.datasets.vrn_faces import Builder
+
+  root = tmp_path_factory.mktemp("train_data")
+  write_aflw2000_tree(str(root / "manual"), 12, seed=5)
+  os.environ["VRN_FACES_NUM_WORKERS"] = "1"
+  import tensorflow_datasets as tfds
+
+  Builder(config="aflw2000_3d", data_dir=str(root / "data")).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")))
+  return str(root / "data")
+
+
+def _overrides(data_dir, **extra):
+  args = {"data.data_dir": data_dir, "data.config": "aflw2000_3d", "data.train_split": "test",
+          "data.eval_config": "aflw2000_3d", **extra}
+  return [f"--config.{k}={v}" for k, v in args.items()]
+
+
+def _config(data_dir, **extra):
+  from configs import default
+
+  config = default.get_config("test")
+  config.data.data_dir = data_dir
+  config.data.config = config.data.eval_config = "aflw2000_3d"
+  config.data.train_split = "test"
+  for k, v in extra.items():
+    node = config
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return config
+
+
+def _checkpoint(workdir, step=None):
+  import orbax.checkpoint as ocp
+
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    state = manager.restore(step, args=ocp.args.StandardRestore())
+  return step, jax.tree_util.tree_map(np.asarray, state)
+
+
+def _assert_trees_close(a, b, rtol):
+  """||a - b|| <= rtol ||b|| over the whole tree (leaf structure equal)."""
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  diff = np.sqrt(sum(np.sum((np.asarray(x, np.float64) - y) ** 2) for x, y in zip(leaves_a, leaves_b)))
+  norm = np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for y in leaves_b))
+  assert diff <= rtol * norm, (diff / norm, rtol)
+  return diff / norm
+
+
+def _run_train(workdir, args, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             VRN_FACES_NUM_WORKERS="1")
+  return subprocess.run([sys.executable, "run_train.py", "--config=configs/default.py:test",
+                         f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def _step_by_step(data_dir):
+  """Runs in a process with 4 fake CPU devices: 3 training steps on 1 device; before each, the same
+  state and batch also go through the 4-device step. Prints the relative differences as JSON."""
+  import functools
+
+  from flax import jax_utils
+
+  from vrn_jax import train
+  from vrn_jax.data import pipeline
+
+  config = _config(data_dir)
+  config.optim.eps, config.optim.learning_rate = 1.0, 1.0  # RMSProp's smooth regime, see the test
+  source = pipeline.data_source(data_dir, "aflw2000_3d", "test")
+  schedule = train.learning_rate_schedule(config, len(source) // config.global_batch_size)
+  state = train.create_train_state(config, jax.random.key(0), train.create_optimizer(config, schedule))
+  initial = jax.device_get(state.params)
+  model = train.create_model(config)
+  results = []
+  for step in range(3):
+    out = {}
+    for n in (1, 4):
+      devices = jax.devices()[:n]
+      p_step = jax.pmap(functools.partial(train.train_step, config, model, schedule),
+                        axis_name=train.AXIS, devices=devices)
+      batch = next(pipeline.host_batches(source, batch_size=4, num_devices=n, seed=0, num_threads=1,
+                                         start_batch=step))
+      new, _ = p_step(jax_utils.replicate(state, devices), batch,
+                      jax_utils.replicate(jax.random.key(1), devices))
+      out[n] = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], new)
+    results.append({c: _relative(getattr(out[4], c), getattr(out[1], c))
+                    for c in ("params", "batch_stats")})
+    state = out[1]
+  moved = _relative(initial, state.params)
+  print(json.dumps({"steps": results, "moved": moved}))
+
+
+def _relative(a, b):
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  diff = np.sqrt(sum(np.sum((np.asarray(x, np.float64) - y) ** 2) for x, y in zip(leaves_a, leaves_b)))
+  return float(diff / np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for y in leaves_b)))
+
+
+def test_one_device_and_four_agree(data_dir):
+  """Data parallelism is exact: 3 steps, each on 1 device and on 4 fake CPU devices from the same state
+  and global batch, give params and batch statistics that agree to 1e-4 relative.
+
+  RMSProp runs in its smooth regime here (eps 1: an update is ~lr * g), and each step starts from the
+  same state. With Torch7's defaults (mean square starting at 0, eps 1e-8) the first updates are
+  +-10 lr sign(g) for every |g| > 1e-7, so gradient components at the level of float32 summation-order
+  rounding (biases of convolutions followed by BatchNorm: exactly 0 in exact arithmetic) flip sign
+  between any two reduction orders, and small networks then drift apart chaotically: a property of the
+  optimiser, not of the data parallelism, which is what this checks.
+  """
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=REPO)
+  code = f"import test_train; test_train._step_by_step({data_dir!r})"
+  r = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(REPO, "tests"), env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  for step in result["steps"]:
+    assert step["params"] <= 1e-4 and step["batch_stats"] <= 1e-4, result
+  assert result["moved"] > 1e-3, result  # the steps moved the parameters far beyond the tolerance
+
+
+def test_cli_runs_logs_and_checkpoints(data_dir, tmp_path):
+  workdir = tmp_path / "cli"
+  r = _run_train(str(workdir), _overrides(data_dir))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "held-out volume IoU" in r.stdout
+  assert "step 3/3" in r.stderr and "examples/s" in r.stderr and "ETA" in r.stderr
+  lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "step" in l] == [1, 2, 3]
+  assert all(np.isfinite(l["loss"]) and l["learning_rate"] > 0 for l in lines if "loss" in l)
+  assert "eval" in lines[-1] and 0 <= lines[-1]["eval"]["iou"] <= 1
+  assert json.load(open(workdir / "config.json"))["model"]["features"] == 8
+  assert _checkpoint(str(workdir))[0] == 3
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+  from vrn_jax import train
+
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(_config(data_dir, num_train_steps=6), straight)
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(_config(data_dir, num_train_steps=3), resumed)
+  assert _checkpoint(resumed)[0] == 3
+  train.train_and_evaluate(_config(data_dir, num_train_steps=6), resumed)
+  (s1, a), (s2, b) = _checkpoint(straight), _checkpoint(resumed)
+  assert s1 == s2 == 6
+  _assert_trees_close(b, a, 1e-6)
+  _assert_trees_close(b["opt_state"], a["opt_state"], 1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  from vrn_jax import train
+
+  workdir = str(tmp_path / "nan")
+  config = _config(data_dir, num_train_steps=6, checkpoint_every_steps=1)
+  config.optim.learning_rate = 1e30
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step (\d+).*last good "
+                     r"checkpoint \(step \d+\)") as info:
+    train.train_and_evaluate(config, workdir)
+  bad_step = int(str(info.value).split("at step ")[1].split()[0])
+  assert bad_step >= 2
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps and steps[-1] == bad_step - 1
+  _, good = _checkpoint(workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(good["params"]))
+
+
+def test_another_models_workdir_and_unknown_keys_are_clear_errors(data_dir, tmp_path):
+  from vrn_jax import train
+
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(_config(data_dir), workdir)
+  r = _run_train(workdir, _overrides(data_dir, **{"model.features": 16}))
+  assert r.returncode == 1
+  assert "holds checkpoints of another model (features: checkpoint 8 vs config 16)" in r.stderr
+  r = _run_train(workdir, ["--config.optim.learning_rte=1"])
+  assert r.returncode == 2
+  assert "--config.optim.learning_rte: no such config field" in r.stderr
+  assert "closest: optim.learning_rate" in r.stderr

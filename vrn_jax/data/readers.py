@@ -1,0 +1,115 @@
+"""Readers for the user's own 300W-LP and AFLW2000-3D trees (and the 3DMM beside them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+
+from vrn_jax.files import InputError, load_mat, read_image_rgb
+from vrn_jax.geometry.morphable_model import MorphableModel, load_morphable_model
+
+SUBSETS_300W_LP = ("AFW", "HELEN", "IBUG", "LFPW", "AFW_Flip", "HELEN_Flip", "IBUG_Flip", "LFPW_Flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One photo and its fit: `<dir>/<name>.jpg` + `<dir>/<name>.mat`."""
+
+  image_path: str
+  mat_path: str
+  name: str
+
+
+def _items(directory: str, pattern: str, prefix: str = "") -> list[Item]:
+  items = []
+  for image_path in sorted(glob.glob(os.path.join(directory, pattern))):
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    items.append(Item(image_path, os.path.splitext(image_path)[0] + ".mat", prefix + stem))
+  return items
+
+
+def find_tree(manual_dir: str, name: str) -> str | None:
+  """`manual_dir/name`, or `manual_dir` itself if it is that tree."""
+  for candidate in (os.path.join(manual_dir, name), manual_dir):
+    if os.path.basename(os.path.normpath(candidate)) == name and os.path.isdir(candidate):
+      return candidate
+  return None
+
+
+def list_300w_lp(manual_dir: str) -> list[Item]:
+  """Every `<SUBSET>/<NAME>.jpg` of a 300W-LP tree (`manual_dir/300W_LP/...`)."""
+  root = find_tree(manual_dir, "300W_LP")
+  if root is None:
+    raise InputError(f"{manual_dir}: no 300W_LP folder; expected {manual_dir}/300W_LP/<SUBSET>/*.jpg.")
+  items = []
+  for subset in SUBSETS_300W_LP:
+    items += _items(os.path.join(root, subset), "*.jpg")
+  if not items:
+    raise InputError(f"{root}: no images in any of {', '.join(SUBSETS_300W_LP)}.")
+  return items
+
+
+def list_aflw2000(manual_dir: str) -> list[Item]:
+  """Every `AFLW2000/image0XXXX.jpg` of an AFLW2000-3D tree."""
+  root = find_tree(manual_dir, "AFLW2000")
+  if root is None:
+    raise InputError(f"{manual_dir}: no AFLW2000 folder; expected {manual_dir}/AFLW2000/image0*.jpg.")
+  items = _items(root, "image*.jpg")
+  if not items:
+    raise InputError(f"{root}: no image*.jpg files.")
+  return items
+
+
+def find_morphable_model(manual_dir: str) -> MorphableModel:
+  """The 3DMM in `manual_dir` or `manual_dir/3DMM`: Model_Shape.mat + Model_Exp.mat, or BFM.mat."""
+  for directory in (manual_dir, os.path.join(manual_dir, "3DMM")):
+    for files in (("Model_Shape.mat", "Model_Exp.mat"), ("BFM.mat",)):
+      if all(os.path.isfile(os.path.join(directory, f)) for f in files):
+        return load_morphable_model(directory)
+  raise InputError(
+      f"{manual_dir}: no 3DMM; expected Model_Shape.mat + Model_Exp.mat (3DDFA) or BFM.mat (face3d) "
+      f"there or in {os.path.join(manual_dir, '3DMM')}.")
+
+
+@dataclasses.dataclass
+class Fit:
+  """A photo and its 300W-LP-style fit."""
+
+  photo: np.ndarray
+  pose_para: np.ndarray  # (7,)
+  shape_para: np.ndarray  # (Ks,)
+  exp_para: np.ndarray  # (Ke,)
+
+
+def _params(mat: dict, key: str, size_min: int, size_max: int, path: str) -> np.ndarray:
+  value = np.asarray(mat[key], np.float64).reshape(-1)
+  if not size_min <= value.size <= size_max:
+    expect = size_min if size_min == size_max else f"{size_min}..{size_max}"
+    raise InputError(f"{path}: `{key}` has {value.size} values; expected {expect}.")
+  if not np.all(np.isfinite(value)):
+    raise InputError(f"{path}: `{key}` contains NaN or infinity.")
+  return value
+
+
+def _check_landmarks(mat: dict, key: str, rows: int, path: str) -> None:
+  if key in mat:
+    shape = np.shape(mat[key])
+    if shape not in ((rows, 68), (68, rows)):
+      raise InputError(f"{path}: `{key}` has shape {shape}; expected ({rows}, 68).")
+
+
+def read_fit(item: Item, model: MorphableModel) -> Fit:
+  """Reads and checks one photo and its .mat; raises InputError naming the file on any problem."""
+  mat = load_mat(item.mat_path, required=("Pose_Para", "Shape_Para", "Exp_Para"))
+  pose_para = _params(mat, "Pose_Para", 7, 7, item.mat_path)
+  if pose_para[6] <= 0:
+    raise InputError(f"{item.mat_path}: `Pose_Para` scale f = {pose_para[6]}; expected > 0.")
+  shape_para = _params(mat, "Shape_Para", 1, model.shape_basis.shape[1], item.mat_path)
+  exp_para = _params(mat, "Exp_Para", 1, model.expression_basis.shape[1], item.mat_path)
+  _check_landmarks(mat, "pt2d", 2, item.mat_path)
+  _check_landmarks(mat, "pt3d_68", 3, item.mat_path)
+  photo = read_image_rgb(item.image_path)
+  return Fit(photo, pose_para, shape_para, exp_para)

@@ -1,0 +1,387 @@
+"""A small software renderer for synthetic faces: Lambertian shading of a posed mesh over a background.
+
+Everything is in 0-based image pixels (x right, y down, z toward the camera) as `Pose.project` gives
+them, so a render is pixel-aligned with the geometry the voxeliser sees. Per-vertex albedo comes from a
+small texture model driven by `Tex_Para` (skin tone, lips, brows, eyes, nostrils, blotches), placed with
+the model's 68 landmarks so it works for any morphable model, the procedural one or a user's BFM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import numpy as np
+
+from vrn_jax.geometry.morphable_model import MorphableModel
+from vrn_jax.geometry.raster import rasterise
+
+# [skin lightness, redness, yellowness; lips; hair darkness; iris; blush; hair (bald below -1);
+#  22 brightness blotches; 10 redness blotches]
+TEX_PARA_SIZE = 40
+_BLOTCH_SEED = 1905
+
+
+def triangle_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+  """(T, 3) area-weighted normals, oriented away from the mesh's centre whatever the winding.
+
+  Winding alone cannot say which side is out: the y-down image frame is a mirror image of the model
+  frame, and other models may wind the other way. A face shell's vertex centroid lies behind it.
+  """
+  v = np.asarray(vertices, np.float64)
+  t = np.asarray(triangles, np.int64)
+  a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+  n = np.cross(b - a, c - a)
+  used = np.zeros(len(v), bool)
+  used[t.reshape(-1)] = True
+  outward = np.sum(n * ((a + b + c) / 3.0 - v[used].mean(axis=0)))
+  return -n if outward < 0 else n
+
+
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray,
+                   face_normals: np.ndarray | None = None) -> np.ndarray:
+  """(N, 3) unit outward normals: area-weighted means of the adjacent triangles' normals.
+
+  face_normals: optional (T, 3) `triangle_normals(vertices, triangles)`, if already computed.
+  """
+  v = np.asarray(vertices, np.float64)
+  t = np.asarray(triangles, np.int64)
+  n_tri = triangle_normals(v, t) if face_normals is None else face_normals
+  n = np.zeros_like(v)
+  for axis in range(3):
+    n[:, axis] = np.bincount(t.reshape(-1), np.repeat(n_tri[:, axis], 3), minlength=len(v))
+  length = np.linalg.norm(n, axis=1, keepdims=True)
+  return n / np.maximum(length, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Texture: per-vertex albedo placed with the landmarks of the mean face.
+
+
+def _polygon_inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+  """(N,) bool: even-odd rule, points (N, 2), polygon (K, 2)."""
+  x, y = points[:, 0:1], points[:, 1:2]
+  p0, p1 = polygon, np.roll(polygon, -1, axis=0)
+  crosses = (p0[:, 1] > y) != (p1[:, 1] > y)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    xc = p0[:, 0] + (y - p0[:, 1]) * (p1[:, 0] - p0[:, 0]) / (p1[:, 1] - p0[:, 1])
+  return np.sum(crosses & (x < xc), axis=1) % 2 == 1
+
+
+def _polyline_distance(points: np.ndarray, line: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Distance (N,) from points (N, 2) to a polyline (K, 2), and the arc position (0..1) of the nearest
+  point along it."""
+  p0, p1 = line[:-1], line[1:]
+  seg = p1 - p0
+  seg_len = np.linalg.norm(seg, axis=1)
+  rel = points[:, None, :] - p0[None]
+  t = np.clip(np.sum(rel * seg[None], axis=2) / np.maximum(seg_len ** 2, 1e-12), 0.0, 1.0)
+  d = np.linalg.norm(rel - t[..., None] * seg[None], axis=2)
+  k = np.argmin(d, axis=1)
+  cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+  arc = (cum[k] + t[np.arange(len(points)), k] * seg_len[k]) / max(cum[-1], 1e-12)
+  return d[np.arange(len(points)), k], arc
+
+
+def _soft(signed_distance, width):
+  """0 -> 1 across an edge: signed_distance > 0 inside, `width` the blend width."""
+  return np.clip(0.5 + signed_distance / width, 0.0, 1.0)
+
+
+def _blotch_fields(points_iod: np.ndarray, count: int) -> np.ndarray:
+  """(N, count) smooth unit-RMS fields over the face, fixed once and for all (seeded)."""
+  rng = np.random.default_rng(_BLOTCH_SEED)
+  out = np.zeros((len(points_iod), count))
+  for k in range(count):
+    for _ in range(3):
+      c = rng.uniform([-1.0, -1.4], [1.0, 0.9])
+      s = rng.uniform(0.12, 0.45)
+      out[:, k] += rng.normal() * np.exp(-np.sum((points_iod - c) ** 2, axis=1) / (2 * s * s))
+    out[:, k] /= np.sqrt(np.mean(out[:, k] ** 2)) + 1e-12
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _AlbedoLayers:
+  """Where each texture region is, per vertex of one model: weights in [0, 1] (N,), blotches (N, 33)."""
+
+  blotches: np.ndarray
+  blush: np.ndarray
+  lips: np.ndarray
+  brows: np.ndarray
+  eyes: np.ndarray
+  iris: np.ndarray
+  pupil: np.ndarray
+  lash: np.ndarray
+  nostrils: np.ndarray
+  interior: np.ndarray
+  teeth: np.ndarray
+  hair: np.ndarray
+
+
+_LAYER_CACHE: dict[int, tuple[weakref.ref, _AlbedoLayers]] = {}
+
+
+def _albedo_layers(model: MorphableModel) -> _AlbedoLayers:
+  """The regions of `model`'s mean face, computed once per model object (they cost ~20 ms)."""
+  hit = _LAYER_CACHE.get(id(model))
+  if hit is not None and hit[0]() is model:
+    return hit[1]
+  layers = _compute_albedo_layers(model)
+  if len(_LAYER_CACHE) >= 8:
+    _LAYER_CACHE.clear()
+  _LAYER_CACHE[id(model)] = (weakref.ref(model), layers)
+  return layers
+
+
+def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
+  mean = model.vertices()
+  lm = mean[model.landmark_indices]
+  iod = float(np.linalg.norm(lm[45, :2] - lm[36, :2]))
+  u = iod / 90.0  # one "millimetre" of a face with a 90 mm outer interocular distance
+  xy = mean[:, :2]
+  normals = vertex_normals(mean, model.triangles)
+  face = np.asarray(model.face_mask, bool)
+  front = face & (normals[:, 2] > -0.2)
+
+  centre = lm[[36, 45, 48, 54]].mean(axis=0)[:2]
+  blotches = _blotch_fields((xy - centre) / iod, TEX_PARA_SIZE - 7)
+  blush = sum(np.exp(-np.sum((xy - c) ** 2, axis=1) / (2 * (14 * u) ** 2)) for c in
+              (lm[[1, 3, 31, 48]].mean(axis=0)[:2], lm[[15, 13, 35, 54]].mean(axis=0)[:2]))
+
+  lip_poly = lm[48:60, :2]
+  lip_d, _ = _polyline_distance(xy, np.concatenate([lip_poly, lip_poly[:1]]))
+  inside_lips = _polygon_inside(xy, lip_poly)
+  lips = _soft(np.where(inside_lips, lip_d, -lip_d), 2.0 * u) * front
+
+  brows = np.zeros(len(xy))
+  for ids in (range(17, 22), range(26, 21, -1)):  # outer -> inner: thicker toward the nose
+    d, arc = _polyline_distance(xy, lm[list(ids), :2])
+    brows = np.maximum(brows, _soft((1.6 + 1.6 * arc) * u - d, 1.6 * u) * front)
+
+  eyes, iris, pupil, lash = (np.zeros(len(xy)) for _ in range(4))
+  for ids in (range(36, 42), range(42, 48)):
+    poly = lm[list(ids), :2]
+    d, _ = _polyline_distance(xy, np.concatenate([poly, poly[:1]]))
+    eyes = np.maximum(eyes, _soft(np.where(_polygon_inside(xy, poly), d, -d), 1.5 * u) * front)
+    width = float(np.linalg.norm(poly[3] - poly[0]))
+    r = np.linalg.norm(xy - poly.mean(axis=0), axis=1)
+    iris = np.maximum(iris, _soft(0.21 * width - r, 1.5 * u))
+    pupil = np.maximum(pupil, _soft(0.08 * width - r, 1.2 * u))
+    lid, _ = _polyline_distance(xy, poly[[0, 1, 2, 3]])
+    lash = np.maximum(lash, _soft(1.3 * u - lid, 1.2 * u) * front)
+
+  nostrils = np.zeros(len(xy))
+  for a, b in ((31, 32), (35, 34)):
+    c = 0.5 * (lm[a, :2] + lm[b, :2]) + np.array([0.0, 1.2 * u])
+    dist = np.linalg.norm((xy - c) / np.array([2.6, 1.8]), axis=1) / u
+    below = (normals[:, 1] < -0.15) & (mean[:, 2] > lm[33, 2] - 4 * u)
+    nostrils = np.maximum(nostrils, _soft(1.0 - dist, 0.8) * below)
+
+  # Mouth interior: outside the face mask, within the lips' outline, behind them (not as far as the
+  # back of the head); teeth on the cavity's upper and lower walls a few millimetres in.
+  lip_z = lm[[62, 66], 2].min()
+  depth = lip_z - mean[:, 2]
+  mouth_x = lm[[48, 54], 0].mean()
+  half_width = 0.5 * abs(lm[54, 0] - lm[48, 0])
+  interior = ~face & (depth > 1.5 * u) & (depth < 0.35 * iod) & (inside_lips | (lip_d < 8 * u))
+  interior &= np.abs(xy[:, 0] - mouth_x) < 1.2 * half_width
+  mouth_y = 0.5 * (lm[62, 1] + lm[66, 1])
+  teeth = (interior & (depth > 4 * u) & (depth < 7.5 * u) & (np.abs(xy[:, 1] - mouth_y) > 0.5 * u)
+           & (np.abs(xy[:, 0] - mouth_x) < 0.8 * half_width))
+  # Hair: above a hairline that runs across the top of the forehead, down the temples to above the
+  # ears and behind them to the nape. Its height is a function of how far forward a point is (0 at the
+  # ears' depth, 1 at the nose tip), so it works for any head; a model cropped to the face, like the
+  # BFM's, just gets a hairline at the top of the forehead.
+  ear_y = 0.5 * (lm[0, 1] + lm[16, 1])
+  ear_z = 0.5 * (lm[0, 2] + lm[16, 2])
+  forward = (mean[:, 2] - ear_z) / max(lm[30, 2] - ear_z, 1e-9)
+  brow_y = lm[17:27, 1].max()
+  hairline = np.interp(forward, [-0.25, -0.1, 0.08, 0.3, 0.55, 0.7],
+                       [ear_y - 0.55 * iod, ear_y - 0.55 * iod, ear_y + 0.42 * iod,
+                        ear_y + 0.36 * iod, brow_y + 0.5 * iod, brow_y + 0.64 * iod])
+  hair = _soft(xy[:, 1] - hairline, 10 * u) * ~interior
+  return _AlbedoLayers(blotches, blush, lips, brows, eyes, iris, pupil, lash, nostrils,
+                       interior, teeth, hair)
+
+
+def _mix(base, colour, weight):
+  w = np.asarray(weight, np.float64)[:, None]
+  return base * (1 - w) + w * colour
+
+
+def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
+  """(N, 3) float64 albedo in [0, 1] for each vertex of `model`.
+
+  Regions are found on the mean face, in its frontal projection, from the landmarks: lips inside the
+  outer-lip contour (48-59), eyes inside the lid contours (36-47) with iris and pupil, brows along
+  17-26, nostrils under the nose base (31-35); vertices outside the face mask behind the lips are the
+  mouth interior (teeth at the top). Lengths scale with the interocular distance, so any model works.
+
+  Args:
+    model: the morphable model.
+    tex_para: (TEX_PARA_SIZE,) texture parameters, ~N(0, 1) each (shorter arrays are zero-padded):
+      skin lightness, redness, yellowness; lip colour; hair and brow darkness; iris colour; blush; hair
+      (bald below -1); 22 brightness and 10 redness blotches.
+  """
+  t = np.zeros(TEX_PARA_SIZE)
+  p = np.asarray(tex_para, np.float64).reshape(-1)[:TEX_PARA_SIZE]
+  t[: p.size] = p
+  layers = _albedo_layers(model)
+  light = 1.0 / (1.0 + np.exp(-1.1 * t[0]))
+  skin = np.array([0.36, 0.22, 0.15]) + light * np.array([0.58, 0.50, 0.45])
+  skin = skin * (1 + 0.06 * t[1] * np.array([1.0, -0.5, -0.5]))
+  skin = skin * (1 + 0.04 * t[2] * np.array([0.5, 0.5, -1.0]))
+  shade = 1.0 + layers.blotches[:, :22] @ t[8:30] * 0.012
+  red = layers.blotches[:, 23:] @ t[30:40] * 0.012 + (0.05 + 0.03 * t[6]) * layers.blush
+  albedo = skin[None] * shade[:, None] * (1 + red[:, None] * np.array([1.0, -0.6, -0.6]))
+  lip_colour = skin * np.array([0.86, 0.56, 0.56]) * (1 + 0.08 * t[3] * np.array([-1.0, -1.5, -1.2]))
+  albedo = _mix(albedo, lip_colour, layers.lips)
+  hair = np.array([0.05, 0.04, 0.03]) + (1.0 / (1.0 + np.exp(-t[4]))) * np.array([0.35, 0.25, 0.15])
+  albedo = _mix(albedo, hair, 0.85 * layers.brows)
+  if t[7] > -1.0:  # most have hair (a smooth cap of it); the others are bald
+    hair_texture = hair * (1 + 0.25 * (layers.blotches[:, :3] @ [1.0, -0.7, 0.5]))[:, None]
+    albedo = _mix(albedo, hair_texture, layers.hair)
+  iris_colour = np.array([0.30, 0.17, 0.08]) + (1.0 / (1.0 + np.exp(-1.5 * t[5] + 1.0))) * np.array(
+      [0.05, 0.25, 0.40])
+  eye = _mix(np.broadcast_to([0.85, 0.82, 0.78], albedo.shape), iris_colour, layers.iris)
+  eye = _mix(eye, np.array([0.03, 0.03, 0.03]), layers.pupil)
+  albedo = _mix(albedo, eye, layers.eyes)
+  albedo = _mix(albedo, np.array([0.06, 0.04, 0.035]), 0.8 * layers.lash)
+  albedo = _mix(albedo, np.array([0.12, 0.06, 0.05]), 0.85 * layers.nostrils)
+  albedo[layers.interior] = np.array([0.22, 0.05, 0.05])
+  albedo[layers.teeth] = np.array([0.70, 0.66, 0.57])  # in the mouth's shade
+  return np.clip(albedo, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backgrounds.
+
+
+def _smooth_noise(rng, shape, cells: int, channels: int = 3) -> np.ndarray:
+  """(H, W, channels) smooth noise: a (cells x cells) random grid blurred up to the image size."""
+  h, w = shape
+
+  def interp(n_out):
+    pos = (np.arange(n_out) + 0.5) / n_out * cells - 0.5
+    k = np.exp(-0.5 * ((pos[:, None] - np.arange(cells)[None]) / 0.7) ** 2)
+    return k / k.sum(axis=1, keepdims=True)
+
+  grid = rng.normal(size=(cells, cells * channels))
+  rows = (interp(h) @ grid).reshape(h, cells, channels)
+  return np.matmul(interp(w)[None], rows)  # (H, W, channels)
+
+
+def random_background(rng: np.random.Generator, shape: tuple[int, int] = (450, 450)) -> np.ndarray:
+  """(H, W, 3) uint8: a random gradient with smooth noise, a few random shapes and grain.
+
+  Every draw differs (continuous random colours and positions), so a network cannot learn a background.
+  """
+  h, w = shape
+  side = float(max(h, w))
+  yy = (np.arange(h, dtype=np.float32) / side)[:, None]
+  xx = (np.arange(w, dtype=np.float32) / side)[None, :]
+  angle = rng.uniform(0, 2 * np.pi)
+  ramp = np.float32(np.cos(angle)) * xx + np.float32(np.sin(angle)) * yy
+  ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-9)
+  c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
+  image = (c0 + (c1 - c0) * ramp[..., None]).astype(np.float32)
+  image += (rng.uniform(0.0, 0.25) * _smooth_noise(rng, shape, int(rng.integers(3, 10)))).astype(
+      np.float32)
+  for _ in range(int(rng.integers(0, 7))):
+    colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+    cx, cy = rng.uniform(0, w / side), rng.uniform(0, h / side)
+    rx, ry = rng.uniform(0.03, 0.35, 2)
+    kind = rng.integers(3)
+    if kind == 0:  # ellipse (soft-edged blob or hard disc)
+      d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+      alpha = np.exp(-d) if rng.random() < 0.5 else (d < 1.0)
+    elif kind == 1:  # rotated rectangle
+      a = rng.uniform(0, np.pi)
+      u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+      v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+      alpha = (np.abs(u) < rx) & (np.abs(v) < ry)
+    else:  # stripes
+      a = rng.uniform(0, np.pi)
+      period = rng.uniform(0.02, 0.2)
+      alpha = np.sin((xx * np.cos(a) + yy * np.sin(a)) * (2 * np.pi / period)) > rng.uniform(-0.5, 0.5)
+    alpha = (np.asarray(alpha, np.float32) * np.float32(rng.uniform(0.4, 1.0)))[..., None]
+    image += alpha * (colour - image)
+  image += np.float32(rng.uniform(0.0, 0.04)) * rng.standard_normal((h, w, 3), dtype=np.float32)
+  return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def render_layers(vertices_img: np.ndarray, triangles: np.ndarray, vertex_albedo: np.ndarray,
+                  light_dir, ambient, shape: tuple[int, int], diffuse=1.0, specular: float = 0.0,
+                  shininess: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+  """The shaded face alone: (rgb (H, W, 3) float64 linear in [0, ~1], coverage (H, W) bool).
+
+  Back-facing triangles are culled (a face-only mesh, like the BFM's, is an open shell whose inside
+  must not show through the missing back of the head; the procedural head is closed and loses nothing);
+  the nearest front-facing surface is shaded per pixel with the barycentric
+  interpolation of the vertex normals and albedo: albedo * (ambient + diffuse * max(0, n.l)) plus a
+  white Blinn-Phong highlight.
+  """
+  v = np.asarray(vertices_img, np.float64)
+  tri = np.asarray(triangles, np.int64)
+  n_tri = triangle_normals(v, tri)
+  facing = tri[n_tri[:, 2] > 0]  # z points to the camera
+  normals = vertex_normals(v, tri, n_tri)
+  raster = rasterise(v, facing, shape)
+  covered = raster.triangle >= 0
+  rgb = np.zeros(tuple(shape) + (3,))
+  if not covered.any():
+    return rgb, covered
+  corners = facing[raster.triangle[covered]]  # (M, 3)
+  bary = raster.barycentric[covered][..., None]  # (M, 3, 1)
+  n = np.sum(normals[corners] * bary, axis=1)
+  n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+  albedo = np.sum(np.asarray(vertex_albedo, np.float64)[corners] * bary, axis=1)
+  l = np.asarray(light_dir, np.float64)
+  l = l / np.linalg.norm(l)
+  lambert = np.maximum(n @ l, 0.0)[:, None]
+  colour = albedo * (np.asarray(ambient, np.float64) + np.asarray(diffuse, np.float64) * lambert)
+  if specular:
+    half = l + np.array([0.0, 0.0, 1.0])
+    half /= np.linalg.norm(half)
+    colour = colour + specular * np.maximum(n @ half, 0.0)[:, None] ** shininess * (lambert > 0)
+  rgb[covered] = colour
+  return rgb, covered
+
+
+def apply_color_para(rgb: np.ndarray, color_para) -> np.ndarray:
+  """3DDFA-style colour transform: gains (3), offsets (3), contrast (1) about the pixel's grey."""
+  c = np.asarray(color_para, np.float64).reshape(-1)
+  out = rgb * c[0:3] + c[3:6]
+  grey = out @ np.array([0.299, 0.587, 0.114])
+  return grey[..., None] + c[6] * (out - grey[..., None])
+
+
+def render_face(vertices_img: np.ndarray, triangles: np.ndarray, vertex_albedo: np.ndarray,
+                light_dir, ambient, background: np.ndarray, diffuse=1.0, specular: float = 0.0,
+                color_para=None) -> np.ndarray:
+  """Renders the mesh over `background`: (H, W, 3) uint8.
+
+  Args:
+    vertices_img: (N, 3) 0-based image pixels, x right, y down, z toward the camera (`Pose.project`).
+    triangles: (T, 3) the triangles to draw (e.g. all of the model's, or a subset).
+    vertex_albedo: (N, 3) in [0, 1].
+    light_dir: (3,) direction toward the light in the image frame; (0, 0, 1) is the camera's side,
+      (-1, 0, 0) the image's left, (0, -1, 0) above.
+    ambient, diffuse: scalars or (3,) RGB intensities.
+    background: (H, W, 3) uint8; its size is the image's.
+    specular: strength of a white highlight.
+    color_para: optional (7,) gains, offsets, contrast (`apply_color_para`).
+  """
+  background = np.asarray(background)
+  rgb, covered = render_layers(vertices_img, triangles, vertex_albedo, light_dir, ambient,
+                               background.shape[:2], diffuse, specular)
+  if color_para is not None:
+    rgb = apply_color_para(rgb, color_para)
+  out = background.copy()
+  out[covered] = (np.clip(rgb[covered], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+  return out

@@ -1,0 +1,332 @@
+"""Training: pmapped steps with on-device augmentation and targets, RMSProp, Orbax checkpoints.
+
+`train_and_evaluate(config, workdir)` is what `run_train.py` calls. The step body is a pure function of
+(state, batch, rng) written per replica with one axis name ('batch'), so it moves to `jit(shard_map)`
+unchanged when `jax.pmap` goes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import jax_utils
+from flax.training import train_state
+
+from vrn_jax import models
+from vrn_jax.data import augment, pipeline
+from vrn_jax.files import InputError, atomic_output
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def create_model(config: ml_collections.ConfigDict, axis_name: str | None = AXIS):
+  # Synchronised BatchNorm: statistics over the global batch, so N replicas compute what one device
+  # would on the whole batch (and data parallelism is exact).
+  return models.get_model(config.model, bn_axis_name=axis_name)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+  boundaries = {int(round(e * steps_per_epoch)): config.optim.decay_factor
+                for e in config.optim.decay_epochs}
+  return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
+
+
+def create_optimizer(config, schedule) -> optax.GradientTransformation:
+  # optax.rmsprop with eps outside the root and decay 0.99 is Torch7's optim.rmsprop:
+  #   m = alpha m + (1 - alpha) g^2;  x -= lr g / (sqrt(m) + eps).
+  return optax.rmsprop(schedule, decay=config.optim.rmsprop_decay, eps=config.optim.eps,
+                       eps_in_sqrt=config.optim.eps_in_sqrt,
+                       initial_scale=config.optim.initial_mean_square)
+
+
+def input_channels(config) -> int:
+  return 3
+
+
+def create_train_state(config, rng: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+  """Unreplicated initial state. Initialised without the axis name (a single-device trace)."""
+  model = create_model(config, axis_name=None)
+  images = jax.ShapeDtypeStruct((1, 192, 192, input_channels(config)), jnp.float32)
+  variables = model.lazy_init(rng, images, train=False)
+  return TrainState.create(apply_fn=None, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+
+def _example_keys(rng: jax.Array, step: jax.Array, per_device: int) -> jax.Array:
+  """One key per example from its *global* index, so any device count draws the same augmentations."""
+  base = jax.random.fold_in(rng, step)
+  first = jax.lax.axis_index(AXIS) * per_device
+  return jax.vmap(lambda i: jax.random.fold_in(base, first + i))(jnp.arange(per_device))
+
+
+def _targets(config, batch, keys, train: bool):
+  cfg = augment.AugmentConfig(
+      rotation_deg=config.augment.rotation_deg, translation_px=config.augment.translation_px,
+      scale_range=tuple(config.augment.scale_range),
+      flip_probability=config.augment.flip_probability,
+      colour_range=tuple(config.augment.colour_range)) if config.augment.enabled else None
+  return jax.vmap(lambda k, e: augment.augment_example(k, e, cfg, train))(keys, batch)
+
+
+def _loss(config, model, variables, images, targets, landmarks, train: bool):
+  """Total loss and the volume logits, for any variant; returns (loss, (logits, aux, new_state))."""
+  variant = config.model.variant
+  mutable = ["batch_stats"] if train else False
+  kwargs = {}
+  heatmaps = None
+  if variant in ("vrn_multitask", "vrn_guided"):
+    heatmaps = models.render_heatmaps(landmarks[..., :2])
+    if variant == "vrn_guided" and train:
+      kwargs["heatmaps"] = heatmaps  # ground-truth landmarks in training (the paper)
+  out = model.apply(variables, images, train=train, mutable=mutable, **kwargs)
+  out, new_state = out if train else (out, {})
+  logits = out["volume"] if isinstance(out, dict) else out
+  loss = models.volume_loss(logits, targets)
+  aux = {"volume_loss": loss}
+  if heatmaps is not None:
+    hm_loss = models.heatmap_loss(out["heatmaps"], heatmaps)
+    aux["heatmap_loss"] = hm_loss
+    loss = loss + config.heatmap_loss_weight * hm_loss
+  return loss, (logits, aux, new_state)
+
+
+def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax.Array):
+  """One step on one replica's share of the global batch (inside pmap over AXIS)."""
+  per_device = batch["image"].shape[0]
+  images, targets, landmarks = _targets(config, batch, _example_keys(rng, state.step, per_device),
+                                        train=True)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    return _loss(config, model, variables, images, targets, landmarks, train=True)
+
+  (loss, (_, aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, AXIS)
+  batch_stats = jax.lax.pmean(new_state["batch_stats"], AXIS)
+  new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = jax.lax.pmean({"loss": loss, **aux}, AXIS)
+  metrics["learning_rate"] = schedule(state.step)
+  return new, metrics
+
+
+def eval_step(config, model, state: TrainState, batch: dict):
+  """Per-example volume IoU (prediction p > 0.5) and loss, no augmentation."""
+  keys = jnp.zeros((batch["image"].shape[0], 2), jnp.uint32)
+  keys = jax.vmap(jax.random.wrap_key_data)(keys)
+  images, targets, landmarks = _targets(config, batch, keys, train=False)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  loss, (logits, _, _) = _loss(config, model, variables, images, targets, landmarks, train=False)
+  pred = logits > 0.0
+  inter = jnp.sum(pred & targets, axis=(1, 2, 3))
+  union = jnp.sum(pred | targets, axis=(1, 2, 3))
+  return {"iou": inter / jnp.maximum(union, 1), "loss": jnp.broadcast_to(loss, inter.shape)}
+
+
+# ------------------------------------------------------------------------------------- checkpointing
+
+
+def checkpoint_manager(workdir: str, keep: int):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def _state_dict(state: TrainState) -> dict:
+  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state}
+
+
+def save_config(config, workdir: str) -> None:
+  with atomic_output(os.path.join(workdir, "config.json")) as tmp, open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def check_workdir_model(config, workdir: str) -> None:
+  """A workdir that holds checkpoints of another model is an error, not a shape crash."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f).get("model", {})
+  current = json.loads(config.model.to_json_best_effort())
+  differ = {k: (saved.get(k), current.get(k)) for k in current if k != "dtype"
+            and saved.get(k) != current.get(k)}
+  if differ and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items()))
+    raise InputError(f"{workdir} holds checkpoints of another model ({details}); use a new --workdir or "
+                     "the config it was trained with.")
+
+
+def restore_latest(manager, state: TrainState) -> TrainState:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  step = manager.latest_step()
+  if step is None:
+    return state
+  restored = manager.restore(step, args=ocp.args.StandardRestore(_state_dict(state)))
+  return state.replace(step=restored["step"], params=restored["params"],
+                       batch_stats=restored["batch_stats"], opt_state=restored["opt_state"])
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def ensure_dataset(config, name: str, split: str) -> None:
+  """Builds the synthetic vrn_faces config if it is missing and the config allows it."""
+  path = pipeline.dataset_dir(config.data.data_dir, name)
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    return
+  if name != "synthetic" or not config.data.build_if_missing:
+    pipeline.data_source(config.data.data_dir, name, split)  # raises with the build command
+  logging.info("Building vrn_faces/%s in %s (first run only)...", name, config.data.data_dir)
+  from vrn_jax.datasets.vrn_faces import Builder  # pylint: disable=g-import-not-at-top
+
+  Builder(config=name, data_dir=os.path.expanduser(config.data.data_dir)).download_and_prepare()
+
+
+def _unreplicate(tree):
+  """The first replica's copy, on the host."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
+
+
+def evaluate(config, model, p_eval_step, state_repl, source, max_examples: int) -> dict:
+  """Mean IoU/loss over the first `max_examples` of `source` (all if < 0), on every local device."""
+  n = len(source) if max_examples < 0 else min(max_examples, len(source))
+  devices = jax.local_device_count()
+  batch = max(devices, config.eval_batch_size - config.eval_batch_size % devices)
+  ious, losses = [], []
+  subset = [source[i] for i in range(n)]
+  for start in range(0, n, batch):
+    items = [pipeline.flatten_example(e) for e in subset[start : start + batch]]
+    real = len(items)
+    items += [items[-1]] * (batch - real)  # pad the last batch; padded rows are dropped below
+    stacked = {k: np.stack([it[k] for it in items]).reshape(devices, batch // devices,
+                                                             *items[0][k].shape) for k in items[0]}
+    out = jax.device_get(p_eval_step(state_repl, stacked))
+    ious.append(out["iou"].reshape(-1)[:real])
+    losses.append(out["loss"].reshape(-1)[:real])
+  return {"iou": float(np.mean(np.concatenate(ious))), "loss": float(np.mean(np.concatenate(losses))),
+          "examples": n}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates held-out IoU."""
+  if config.distributed:
+    jax.distributed.initialize()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir_model(config, workdir)
+
+  ensure_dataset(config, config.data.config, config.data.train_split)
+  train_source = pipeline.data_source(config.data.data_dir, config.data.config, config.data.train_split)
+  devices = jax.local_device_count()
+  if config.global_batch_size % (devices * jax.process_count()):
+    raise InputError(f"global_batch_size {config.global_batch_size} is not a multiple of the "
+                     f"{devices * jax.process_count()} devices.")
+  steps_per_epoch = max(1, len(train_source) // config.global_batch_size)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(math.ceil(config.num_epochs * steps_per_epoch)))
+
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  tx = create_optimizer(config, schedule)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = create_train_state(config, init_rng, tx)
+  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  state = restore_latest(manager, state)
+  start_step = int(state.step)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
+
+  model = create_model(config)
+  p_train_step = jax.pmap(functools.partial(train_step, config, model, schedule), axis_name=AXIS,
+                          donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, config, model), axis_name=AXIS)
+  state_repl = jax_utils.replicate(state)
+  step_rngs = jax_utils.replicate(step_rng)
+  batches = pipeline.device_batches(train_source, global_batch_size=config.global_batch_size,
+                                    seed=config.seed, num_threads=config.data.num_threads,
+                                    start_batch=start_step)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  logging.info("Training %s (%s, %d features) for %d steps (%d per epoch) on %d device(s), from step "
+               "%d.", config.model.variant, config.model.topology, config.model.features, num_steps,
+               steps_per_epoch, devices, start_step)
+  last_good = start_step
+  t0, examples_since, t_since = time.time(), 0, time.time()
+  try:
+    for step in range(start_step, num_steps):
+      state_repl, metrics = p_train_step(state_repl, next(batches), step_rngs)
+      examples_since += config.global_batch_size
+      done = step + 1
+      # One scalar per step crosses to the host: a NaN is caught at the step it happens, before any
+      # checkpoint of the broken state can be written (host reading runs in its own thread meanwhile).
+      m = _unreplicate(metrics)
+      if not all(np.isfinite(float(v)) for v in m.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {done} ({ {k: float(v) for k, v in m.items()} }); training "
+            f"stopped; the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints.")
+      if done % config.log_every_steps == 0 or done == num_steps:
+        now = time.time()
+        rate = examples_since / max(now - t_since, 1e-9)
+        eta = (num_steps - done) * config.global_batch_size / max(rate, 1e-9)
+        record = {"step": done, **{k: float(v) for k, v in m.items()}, "examples_per_s": rate,
+                  "eta_s": eta, "elapsed_s": now - t0}
+        logging.info("step %d/%d  loss %.5f  lr %.2e  %.1f examples/s  ETA %s", done, num_steps,
+                     record["loss"], record["learning_rate"], rate, _hms(eta))
+        if jax.process_index() == 0:
+          with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        examples_since, t_since = 0, time.time()
+      if done % config.checkpoint_every_steps == 0 or done == num_steps:
+        import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+        manager.save(done, args=ocp.args.StandardSave(_state_dict(_unreplicate(state_repl))))
+        last_good = done
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+
+  state = _unreplicate(state_repl)
+  ensure_dataset(config, config.data.eval_config, config.data.eval_split)
+  eval_source = pipeline.data_source(config.data.data_dir, config.data.eval_config,
+                                     config.data.eval_split)
+  result = evaluate(config, model, p_eval_step, state_repl, eval_source, config.eval_examples)
+  result["step"] = int(state.step)
+  logging.info("held-out %s/%s: volume IoU %.4f, loss %.5f over %d examples (step %d)",
+               config.data.eval_config, config.data.eval_split, result["iou"], result["loss"],
+               result["examples"], result["step"])
+  if jax.process_index() == 0:
+    with open(metrics_path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"eval": result}) + "\n")
+  return result
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
