@@ -80,6 +80,10 @@ def generate(fn: Callable, jobs: Iterable[tuple], workers: int | None = None) ->
     results = map(call, jobs)
     pool = None
   else:
+    # One BLAS thread per worker: the workers already use every core, and oversubscribed OpenBLAS threads
+    # made a 3DMM matrix-vector product 75x slower.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+      os.environ.setdefault(var, "1")
     pool = multiprocessing.get_context("spawn").Pool(workers)
     results = pool.imap(call, jobs, chunksize=4)
   try:
