@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # decays after most of its short run.
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3,
-      decay_epochs=(2.5,),     # epochs after which the rate is multiplied by decay_factor
+      decay_epochs=(0.8,),     # epochs after which the rate is multiplied by decay_factor
       decay_factor=0.1,
       rmsprop_decay=0.99,
       eps=1e-8,
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.heatmap_loss_weight = 1.0  # VRN-Multitask / VRN-Guided landmark heads
   config.global_batch_size = 8
-  config.num_epochs = 3.0
+  config.num_epochs = 1.0
   config.num_train_steps = -1       # > 0: overrides num_epochs
   config.log_every_steps = 25
   config.checkpoint_every_steps = 250

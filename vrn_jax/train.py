@@ -120,6 +120,9 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
   per_device = batch["image"].shape[0]
   images, targets, landmarks = _targets(config, batch, _example_keys(rng, state.step, per_device),
                                         train=True)
+  # Materialise the decoded targets once: left to itself XLA fuses the gather-heavy decode into each
+  # consumer in the forward and backward loss (a CPU step took 4.5 s instead of 0.9 s).
+  images, targets, landmarks = jax.lax.optimization_barrier((images, targets, landmarks))
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
