@@ -217,9 +217,9 @@ def evaluate(config, p_eval_step, state_repl, source, max_examples: int) -> dict
   devices = jax.local_device_count()
   batch = max(devices, config.eval_batch_size - config.eval_batch_size % devices)
   ious, losses = [], []
-  subset = [source[i] for i in range(n)]
   for start in range(0, n, batch):
-    items = [pipeline.flatten_example(e) for e in subset[start : start + batch]]
+    # One batch read at a time: a full evaluation split does not sit decoded in host memory.
+    items = [pipeline.flatten_example(source[i]) for i in range(start, min(start + batch, n))]
     real = len(items)
     items += [items[-1]] * (batch - real)  # pad the last batch; padded rows are dropped below
     stacked = {k: np.stack([it[k] for it in items]).reshape(devices, batch // devices,

@@ -20,20 +20,15 @@ VOLUME_DEPTH_CENTRE = VOLUME_SHAPE[2] * Z_SCALE / 2
 FIT_MARGIN_PX = 2.0
 
 
-def crop_vertices(model: MorphableModel, pose: Pose, shape_para, exp_para, image_hw,
-                  crop_landmarks_xy: np.ndarray | None = None):
-  """The posed mesh in the crop frame, and the crop transform.
+def crop_vertices(model: MorphableModel, pose: Pose, shape_para, exp_para, image_hw):
+  """The posed mesh in the crop frame, and the crop transform: run.m's rule on the model's 68 landmark
+  vertices projected into the photo, fitted to the volume.
 
-  Args:
-    crop_landmarks_xy: (68, 2) 0-based photo landmarks that define the crop (run.m's rule); by default the
-      model's 68 landmark vertices projected into the photo.
   Returns:
     (vertices (N, 3) crop frame: x, y pixels, z mesh units; transform with tz set).
   """
   photo_vertices = pose.project(model.vertices(shape_para, exp_para), image_hw[0])
-  if crop_landmarks_xy is None:
-    crop_landmarks_xy = photo_vertices[model.landmark_indices, :2]
-  transform = fit_to_volume(crop_from_landmarks(crop_landmarks_xy, image_hw),
+  transform = fit_to_volume(crop_from_landmarks(photo_vertices[model.landmark_indices, :2], image_hw),
                             photo_vertices[model.face_mask])
   return transform.to_crop(photo_vertices), transform
 
