@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 
 from conftest import REPO
-from data_prep.check_dataset import landmark_errors
+from data_prep.check_dataset import TOLERANCE_VOXELS, column_at, landmark_errors
 from vrn_jax.data import build, examples, pipeline, readers
 from vrn_jax.data.face_model import build_face_model
 from vrn_jax.data.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
@@ -17,15 +17,17 @@ from vrn_jax.files import InputError
 from vrn_jax.geometry.pose import Pose
 from vrn_jax.geometry.voxelise import VOLUME_SHAPE
 
+_AGREEMENT_FACES = 24  # ~0.2 s each to make and check (single-threaded BLAS)
+
 
 def test_images_landmarks_and_volumes_agree():
-  """Landmarks (from the mesh), volumes (from the compact encoding) and the crop agree: the front-most
-  filled voxel sits within 3 voxels of the landmark's z for >= 99% of visible landmarks (median well
-  under a voxel), none beyond 8. The residue: lips at large yaw and pitch, where the hole-filled mouth
-  surface and steep lips meet."""
+  """Issue 3's acceptance on a sample of faces: at every visible landmark (on the front surface with the
+  open mouth closed as the voxeliser closes it, facing the camera, off occluding contours: see
+  `landmark_errors`) the front-most filled voxel of the volume at the landmark's (x, y) lies within 3
+  voxels of the landmark's z. `python -m data_prep.check_dataset` checks a whole built split."""
   model = build_face_model()
-  errors = []
-  for i in range(16):
+  errors, yaws = [], []
+  for i in range(_AGREEMENT_FACES):
     face = sample_face(model, np.random.default_rng([7, i]))
     example = examples.make_example(face.image, model, face.pose_para, face.shape_para,
                                     face.exp_para, f"f{i}")
@@ -34,15 +36,22 @@ def test_images_landmarks_and_volumes_agree():
     vertices, _ = examples.crop_vertices(model, pose, face.shape_para, face.exp_para,
                                          face.image.shape[:2])
     np.testing.assert_allclose(vertices[model.landmark_indices], example["landmarks"], atol=1e-3)
-    # Visible: on the camera's side of the face surface (the open mouth closed as the paper's hole
-    # filling closes it) and facing the camera; at grazing angles a depth read at a rounded pixel is
-    # ill-posed (half a pixel moves it by several voxels).
     e = landmark_errors(model, face, example)
-    assert e.size >= 15
+    assert e.size >= 10, (i, e.size)  # not vacuous: 13 at fewest (a profile) on the test split
     errors.append(e)
+    yaws.append(float(example["yaw"]))
+    if i == 0:
+      # The sub-pixel read is the stored volume's own rule: on pixel centres it is the decoded column.
+      volume = examples.decode_volume(example)
+      compact = examples.compact_from_example(example)
+      for x, y in np.round(example["landmarks"][::9, :2]).astype(int):
+        np.testing.assert_array_equal(column_at(compact, x, y), volume[y, x])
+      # And the check can fail: the same volume with its surface 4 frontal voxels nearer is caught.
+      moved = dict(example, volume=dict(example["volume"], back=example["volume"]["back"] + 4.0))
+      assert np.mean(landmark_errors(model, face, moved) > TOLERANCE_VOXELS) > 0.5
+  assert max(yaws) > 45 and min(yaws) < -45  # the sample has turned heads on both sides
   errors = np.concatenate(errors)
-  assert np.mean(errors <= 3.0) >= 0.99, np.sort(errors)[-10:]
-  assert np.median(errors) <= 1.0 and errors.max() <= 8.0, (np.median(errors), errors.max())
+  assert np.all(errors <= TOLERANCE_VOXELS), np.sort(errors)[-10:]
 
 
 def test_synthetic_examples_are_deterministic():
@@ -75,7 +84,7 @@ def trees(tmp_path_factory):
   return root
 
 
-def test_readers_report_bad_files_by_name(trees):
+def test_readers_report_bad_files_by_name(trees, tmp_path):
   model = readers.find_morphable_model(str(trees))
   items = readers.list_300w_lp(str(trees))
   assert len(items) == 6
@@ -83,10 +92,21 @@ def test_readers_report_bad_files_by_name(trees):
     readers.read_fit(items[0], model)
   with pytest.raises(InputError, match=r"\.jpg: not a readable image"):
     readers.read_fit(items[1], model)
+  aflw = readers.list_aflw2000(str(trees))
   with pytest.raises(InputError, match=r"`pt3d_68` has shape \(3, 67\); expected \(3, 68\)"):
-    readers.read_fit(readers.list_aflw2000(str(trees))[0], model)
+    readers.read_fit(aflw[0], model)
   fit = readers.read_fit(items[2], model)
   assert fit.photo.shape == (450, 450, 3)
+  # AFLW2000-3D's pt2d holds AFLW's 21 points (300W-LP's the 68): both read; any other shape is an error.
+  assert scipy.io.loadmat(aflw[1].mat_path)["pt2d"].shape == (2, 21)
+  assert readers.read_fit(aflw[1], model).photo.shape == (450, 450, 3)
+  mat = scipy.io.loadmat(aflw[1].mat_path)
+  mat["pt2d"] = mat["pt2d"][:, :19]
+  bad = readers.Item(aflw[1].image_path, str(tmp_path / "image00099.mat"), "image00099")
+  scipy.io.savemat(bad.mat_path, {k: v for k, v in mat.items() if not k.startswith("__")})
+  with pytest.raises(InputError, match=r"image00099\.mat: `pt2d` has shape \(2, 19\); expected "
+                                       r"\(2, 68\) or \(2, 21\)"):
+    readers.read_fit(bad, model)
 
 
 def _build(config, data_dir, manual_dir=None):

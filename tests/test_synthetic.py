@@ -163,17 +163,25 @@ def test_tree_writers_round_trip(model, tmp_path):
     mat = load_mat(tmp_path / rel, required=("Pose_Para", "Shape_Para", "Exp_Para", "Tex_Para",
                                              "Color_Para", "Illum_Para", "pt2d", "roi"))
     assert mat["Pose_Para"].shape == (1, 7) and mat["Shape_Para"].shape == (40, 1)
-    assert mat["Exp_Para"].shape == (29, 1) and mat["pt2d"].shape == (2, 68)
+    assert mat["Exp_Para"].shape == (29, 1)
     pose = Pose.from_pose_para(mat["Pose_Para"])
     projected = pose.project(loaded.vertices(mat["Shape_Para"], mat["Exp_Para"]), 450)
     landmarks = projected[loaded.landmark_indices]
-    np.testing.assert_allclose(mat["pt2d"], landmarks[:, :2].T + 1.0, atol=1e-6)
     image = read_image_rgb(str(tmp_path / rel)[:-4] + ".jpg")
     assert image.shape == (450, 450, 3)
     if rel.startswith("AFLW2000"):
       assert os.path.basename(rel).startswith("image0")
       np.testing.assert_allclose(mat["pt3d_68"], (landmarks + [1.0, 1.0, 0.0]).T, atol=1e-6)
+      # As in the real AFLW2000-3D: pt2d holds AFLW's 21 points, 1-based; the ears (12, 16) are missing.
+      assert mat["pt2d"].shape == (2, 21)
+      np.testing.assert_array_equal(mat["pt2d"][:, [12, 16]], -1.0)
+      for aflw, ibug in ((0, 17), (5, 26), (6, 36), (14, 30), (17, 48), (19, 54), (20, 8)):
+        np.testing.assert_allclose(mat["pt2d"][:, aflw], landmarks[ibug, :2] + 1.0, atol=1e-6)
+      eye = landmarks[[37, 38, 40, 41], :2].mean(axis=0)
+      np.testing.assert_allclose(mat["pt2d"][:, 7], eye + 1.0, atol=1e-6)
     else:
+      assert mat["pt2d"].shape == (2, 68)
+      np.testing.assert_allclose(mat["pt2d"], landmarks[:, :2].T + 1.0, atol=1e-6)
       subset, name = rel.split(os.sep)[1], os.path.basename(rel)[:-4]
       assert name.startswith(subset + "_")
       pts = load_mat(tmp_path / "300W_LP" / "landmarks" / subset / f"{name}_pts.mat",

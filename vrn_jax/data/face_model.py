@@ -624,13 +624,24 @@ def _landmarks(t: _Template, points: np.ndarray) -> np.ndarray:
   out[61], out[62], out[63] = row[inner], row[centre], t.mirror[row[inner]]
   out[65], out[66], out[67] = t.mirror[lower_of[inner]], lower_of[centre], lower_of[inner]
   # Jaw: the outline of the face region at each height (its outermost vertex still facing the camera),
-  # left to right; the chin's lowest camera-facing point at the bottom.
+  # left to right; the chin's lowest camera-facing point at the bottom. Only vertices with the face
+  # region all around them (their 8 grid neighbours in the mask): on the region's own boundary a landmark
+  # would sit on the edge of the target volume, whose column there may hold the face or nothing. (Under
+  # the jaw the boundary vertex also counts as facing only through the neck's triangles.)
+  region = np.pad(t.face_mask[:nr * nc].reshape(nr, nc), ((1, 1), (0, 0)))
+  interior = np.ones((nr, nc), bool)
+  for dr in (-1, 0, 1):
+    for dc in (-1, 0, 1):
+      interior &= np.roll(region, dc, axis=1)[1 + dr: 1 + dr + nr]
+  jaw_ok = np.zeros_like(grid)
+  jaw_ok[: nr * nc] = interior.reshape(-1)
+  jaw_ok &= facing
   for k, yy in enumerate(_JAW_Y):
     r = int(np.argmin(np.abs(t.y[ids[:, 0]] - yy)))
-    cand = ids[r][t.face_mask[ids[r]] & facing[ids[r]] & (t.x[ids[r]] < 0)]
+    cand = ids[r][jaw_ok[ids[r]] & (t.x[ids[r]] < 0)]
     out[k] = cand[np.argmin(points[cand, 0])]
     out[16 - k] = t.mirror[out[k]]
-  chin = col[t.face_mask[col] & facing[col] & (t.y[col] < -90)]
+  chin = col[jaw_ok[col] & (t.y[col] < -90)]
   out[8] = chin[np.argmin(points[chin, 1])]
   assert np.all(out >= 0)
   return out

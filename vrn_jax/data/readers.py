@@ -94,11 +94,13 @@ def _params(mat: dict, key: str, size_min: int, size_max: int, path: str) -> np.
   return value
 
 
-def _check_landmarks(mat: dict, key: str, rows: int, path: str) -> None:
+def _check_landmarks(mat: dict, key: str, rows: int, path: str, counts: tuple[int, ...] = (68,)) -> None:
+  """If `key` is present, it must be (rows, n) or (n, rows) for an n in `counts`."""
   if key in mat:
     shape = np.shape(mat[key])
-    if shape not in ((rows, 68), (68, rows)):
-      raise InputError(f"{path}: `{key}` has shape {shape}; expected ({rows}, 68).")
+    if not any(shape in ((rows, n), (n, rows)) for n in counts):
+      expect = " or ".join(f"({rows}, {n})" for n in counts)
+      raise InputError(f"{path}: `{key}` has shape {shape}; expected {expect}.")
 
 
 def read_fit(item: Item, model: MorphableModel) -> Fit:
@@ -109,7 +111,9 @@ def read_fit(item: Item, model: MorphableModel) -> Fit:
     raise InputError(f"{item.mat_path}: `Pose_Para` scale f = {pose_para[6]}; expected > 0.")
   shape_para = _params(mat, "Shape_Para", 1, model.shape_basis.shape[1], item.mat_path)
   exp_para = _params(mat, "Exp_Para", 1, model.expression_basis.shape[1], item.mat_path)
-  _check_landmarks(mat, "pt2d", 2, item.mat_path)
+  # 300W-LP's pt2d holds the 68 points; AFLW2000-3D's holds AFLW's own 21 (its 68 are in pt3d_68).
+  # pt2d is not used (the crop comes from the fit), but any other shape means a wrong or damaged file.
+  _check_landmarks(mat, "pt2d", 2, item.mat_path, counts=(68, 21))
   _check_landmarks(mat, "pt3d_68", 3, item.mat_path)
   photo = read_image_rgb(item.image_path)
   return Fit(photo, pose_para, shape_para, exp_para)

@@ -152,6 +152,21 @@ def _save_mat(path: str, data: dict) -> None:
     scipy.io.savemat(tmp, data)
 
 
+# AFLW's 21 points (AFLW2000-3D's `pt2d`), in AFLW's order, as iBUG-68 landmarks (0-based) to average:
+# brows (outer corner, centre, inner corner) x 2, eyes (outer corner, centre, inner corner) x 2, ear,
+# nose (wing, tip, wing), ear, mouth (corner, centre, corner), chin. The model has no ear points: those
+# two are written as -1 (no position).
+_AFLW21_FROM_68 = ((17,), (19,), (21,), (22,), (24,), (26,), (36,), (37, 38, 40, 41), (39,), (42,),
+                   (43, 44, 46, 47), (45,), (), (31,), (30,), (35,), (), (48,), (62, 66), (54,), (8,))
+
+
+def aflw21_points(landmarks: np.ndarray) -> np.ndarray:
+  """(68, >=2) iBUG landmarks -> (21, 2) AFLW points (same units), NaN where the model has none (the
+  ears)."""
+  return np.array([np.mean(landmarks[list(ids), :2], axis=0) if ids else [np.nan, np.nan]
+                   for ids in _AFLW21_FROM_68])
+
+
 def _fit_mat(face: SyntheticFace) -> dict:
   pt = face.landmarks[:, :2] + 1.0  # 1-based, as the datasets store them
   return {
@@ -207,8 +222,9 @@ def write_aflw2000_tree(root: str | os.PathLike, count: int, seed: int,
   """Writes an AFLW2000-3D-shaped tree of `count` synthetic faces under `root`.
 
   Layout: `AFLW2000/image0XXXX.jpg` + `.mat` with the 300W-LP keys plus pt3d_68 (3, 68): x, y 1-based
-  image pixels (y down), z the projected z. The model files go to `root` unless already there. Returns
-  the written paths relative to `root`.
+  image pixels (y down), z the projected z; as in the real files, pt2d is (2, 21): AFLW's 21 points,
+  1-based (`aflw21_points`; -1 for the two ear points, which the model lacks). The model files go to
+  `root` unless already there. Returns the written paths relative to `root`.
   """
   root = os.fspath(root)
   model = build_face_model() if model is None else model
@@ -219,6 +235,9 @@ def write_aflw2000_tree(root: str | os.PathLike, count: int, seed: int,
     base = os.path.join("AFLW2000", face.name)
     write_image_rgb(os.path.join(root, base + ".jpg"), face.image)
     mat = _fit_mat(face)
+    # AFLW2000-3D's pt2d holds AFLW's 21 points, not the 68 (those are pt3d_68).
+    pt21 = aflw21_points(face.landmarks)
+    mat["pt2d"] = np.where(np.isnan(pt21), -1.0, pt21 + 1.0).T
     mat["pt3d_68"] = (face.landmarks + np.array([1.0, 1.0, 0.0])).T
     _save_mat(os.path.join(root, base + ".mat"), mat)
     written += [base + ".jpg", base + ".mat"]
