@@ -143,3 +143,21 @@ def not_measured(name: str, units: str, batch: int, dtype: str, device: str, why
                  baseline: str = "") -> Row:
   """A row that says why it has no figure (never a number that was not measured)."""
   return Row(name, None, units, batch, dtype, device, baseline, None, f"not measured: {why}")
+
+
+@dataclasses.dataclass
+class Measured:
+  """One timed variant: a rate (examples or images per second), or None and why not."""
+  rate: float | None
+  first_s: float = 0.0  # compilation + first call
+  xla_flops: float | None = None  # per example, where XLA's cost analysis was read
+  why: str = ""  # when rate is None
+
+
+def try_variant(fn, *args, **kwargs) -> Measured:
+  """An optional variant (torch.compile, autocast, bf16): its failure is a row that says why."""
+  try:
+    return fn(*args, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]
+    return Measured(None, why=f"{type(e).__name__}: {first}"[:160])

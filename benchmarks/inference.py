@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from benchmarks import common, flops
-from benchmarks.common import Row
+from benchmarks.common import Measured, Row, try_variant
 
 LEVEL_U8 = 127.5  # the 0.5 isosurface of a volume stored as uint8 = 255 * sigmoid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,14 +67,6 @@ def plan(quick: bool, tiny: bool, accelerator: bool) -> Plan:
 
 
 # ------------------------------------------------------------------------------------- forward
-
-
-@dataclasses.dataclass
-class Measured:
-  rate: float | None  # images/s
-  first_s: float = 0.0
-  xla_flops: float | None = None  # per image
-  why: str = ""
 
 
 def _model_config(config, dtype: str):
@@ -128,12 +120,6 @@ def torch_forward(model_config, batch: int, repeats: int, bf16: bool) -> Measure
   return Measured(batch / best, first)
 
 
-def _try(fn, *args, **kwargs) -> Measured:
-  try:
-    return fn(*args, **kwargs)
-  except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [""])[0]
-    return Measured(None, why=f"{type(e).__name__}: {first}"[:160])
 
 
 def forward_rows(size: str, cases, device: str, torch_device: str | None, accelerator: bool,
@@ -150,11 +136,11 @@ def forward_rows(size: str, cases, device: str, torch_device: str | None, accele
   rows, xla = [], None
   for batch, repeats, dtype in cases:
     model_config = _model_config(config, dtype)
-    ours = _try(ours_forward, model_config, batch, repeats)
+    ours = try_variant(ours_forward, model_config, batch, repeats)
     if torch_device is None:
       base = Measured(None, why="PyTorch sees no CUDA device here (a CPU-only torch build)")
     else:
-      base = _try(torch_forward, model_config, batch, repeats, bf16=dtype == "bfloat16")
+      base = try_variant(torch_forward, model_config, batch, repeats, bf16=dtype == "bfloat16")
     peak = flops.peak_flops(dtype, accelerator, small_peak)
     base_name = f"PyTorch eager{' bf16 autocast' if dtype == 'bfloat16' else ''}"
     for name, r, dev in ((f"ours (jit, eval){', bf16 compute' if dtype == 'bfloat16' else ''}", ours,

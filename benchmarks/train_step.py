@@ -27,7 +27,7 @@ import gc
 import numpy as np
 
 from benchmarks import common, flops
-from benchmarks.common import Row
+from benchmarks.common import Measured, Row, try_variant
 
 GFLOP = 1e9
 
@@ -132,13 +132,6 @@ def dense_inputs(host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------- ours
-
-
-@dataclasses.dataclass
-class Measured:
-  rate: float | None  # examples/s
-  first_s: float = 0.0  # compilation + first step
-  why: str = ""  # when rate is None
 
 
 def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measured:
@@ -254,13 +247,6 @@ def torch_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray, comp
   return Measured(images.shape[0] * plan.steps / best, first)
 
 
-def _try(fn, *args, **kwargs) -> Measured:
-  """An optional variant (torch.compile, autocast, bf16): its failure is a row that says why."""
-  try:
-    return fn(*args, **kwargs)
-  except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [""])[0]
-    return Measured(None, why=f"{type(e).__name__}: {first}"[:160])
 
 
 # ------------------------------------------------------------------------------------------- rows
@@ -302,14 +288,14 @@ def size_rows(size: str, plan: Plan, device: str, torch_device: str | None, acce
       ("model_step", "ours, model step (jit fwd+bwd+RMSProp)", "float32", True,
        lambda: ours_model_step(config, plan, images, targets), False),
       ("ours_bf16", "ours, train_step, bf16 compute", "bfloat16", True,
-       lambda: _try(ours_train_step, config, plan, host_batch, "bfloat16"), True),
+       lambda: try_variant(ours_train_step, config, plan, host_batch, "bfloat16"), True),
       (None, "PyTorch eager (baseline)", "float32", False, lambda: baseline, False),
       ("torch_compile", "PyTorch torch.compile", "float32", False,
-       lambda: _try(torch_step, config, plan, images, targets, compile=True, bf16=False), False),
+       lambda: try_variant(torch_step, config, plan, images, targets, compile=True, bf16=False), False),
       ("torch_bf16", "PyTorch eager, bf16 autocast", "bfloat16", False,
-       lambda: _try(torch_step, config, plan, images, targets, compile=False, bf16=True), False),
+       lambda: try_variant(torch_step, config, plan, images, targets, compile=False, bf16=True), False),
       ("torch_compile_bf16", "PyTorch torch.compile, bf16 autocast", "bfloat16", False,
-       lambda: _try(torch_step, config, plan, images, targets, compile=True, bf16=True), False),
+       lambda: try_variant(torch_step, config, plan, images, targets, compile=True, bf16=True), False),
   ]
   measured = []
   for variant, name, dtype, ours, measure, mfu_row in variants:
