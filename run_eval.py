@@ -14,6 +14,11 @@ is the latest in W/checkpoints unless --step is. Evaluation runs on the config's
 
 import sys
 
+from vrn_jax import host_memory
+
+host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 

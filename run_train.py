@@ -7,6 +7,11 @@ automatically), the config to <workdir>/config.json, metrics to <workdir>/metric
 
 import sys
 
+from vrn_jax import host_memory
+
+host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -41,9 +41,9 @@ def main() -> None:
   if any(s in SIZED for s in args.only or SUITES):
     # The process settings run_train.py trains under (glibc keeps freed memory for reuse); they must be
     # made before the JAX backend and other threads start, and apply to the PyTorch baselines too.
-    from vrn_jax import train  # pylint: disable=g-import-not-at-top
+    from vrn_jax import host_memory  # pylint: disable=g-import-not-at-top
 
-    getattr(train, "keep_freed_memory", lambda: False)()
+    host_memory.keep_freed_memory()
   rows = []
   for suite in args.only or SUITES:
     module = __import__(f"benchmarks.{MODULES.get(suite, suite)}", fromlist=["run"])
