@@ -333,6 +333,50 @@ def test_volume_loss_matches_float64_reference():
   assert float(models.volume_loss(jnp.full((4,), 1e4), jnp.ones((4,)))) == 0.0
 
 
+@pytest.mark.parametrize("target_dtype", [np.bool_, np.uint8, np.float32])
+def test_upsampled_volume_loss_is_the_loss_of_the_upsampled_volume(target_dtype):
+  """The fused loss (blocks of upsampled rows, never the whole volume) against float64 NumPy: the loss
+  of the align_corners x4 upsample and its gradient M_y^T M_x^T (sigmoid(u) - t) / n. Tolerances: float32
+  rounding of sums over 6e4 voxels (value) and of a few terms per gradient entry."""
+  from vrn_jax.models.layers import bilinear_matrix
+
+  rng = np.random.default_rng(4)
+  logits = rng.normal(0, 4, size=(2, 12, 7, 5))
+  logits[0, 0, 0, :2] = [300.0, -300.0]  # exp overflows float32 here
+  upsampled = _bilinear_reference(logits, 4)
+  target = rng.uniform(size=upsampled.shape)
+  target = (target < 0.4) if target_dtype != np.float32 else target  # soft labels as well
+  n = upsampled.size
+  value = np.mean(np.logaddexp(0.0, upsampled) - upsampled * target)
+  grad = np.einsum("Yy,Xx,bYXc->byxc", bilinear_matrix(12, 48), bilinear_matrix(7, 28),
+                   (1 / (1 + np.exp(-upsampled)) - target) / n)
+  x, t = jnp.asarray(logits, jnp.float32), jnp.asarray(target.astype(target_dtype))
+  for rows in (None, 4, 8, 48):  # None: the platform's choice; 48: one block per example
+    loss, g = jax.jit(jax.value_and_grad(
+        lambda x, t: models.upsampled_volume_loss(x, t, 4, rows)))(x, t)
+    np.testing.assert_allclose(float(loss), value, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), grad, rtol=1e-4, atol=1e-6 * np.abs(grad).max())
+    # It agrees with the unfused pair to float32 rounding.
+    unfused = models.volume_loss(upsample_bilinear(x, 4), t)
+    np.testing.assert_allclose(float(loss), float(unfused), rtol=1e-6)
+  with pytest.raises(ValueError, match="x4 upsample"):
+    models.upsampled_volume_loss(x, t[:, :40])
+  with pytest.raises(ValueError, match="blocks of 5"):
+    models.upsampled_volume_loss(x, t, 4, 5)
+
+
+def test_volume_logits_before_the_upsample():
+  """upsample_volume=False hands out the head's logits; upsampled, they are the network's output."""
+  model = get_model(**SMALL)
+  images = _images(batch=2)
+  variables = model.init(jax.random.key(0), images[:, :64, :64])
+  full = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
+  low = jax.jit(lambda v, x: model.apply(v, x, upsample_volume=False))(variables, images)
+  assert low.shape == (2, 48, 48, 200) and low.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(upsample_bilinear(low, 4)), np.asarray(full), rtol=1e-6,
+                             atol=1e-6)
+
+
 def test_heatmap_loss():
   rng = np.random.default_rng(0)
   target = rng.uniform(size=(2, 8, 8, 68))
@@ -380,3 +424,25 @@ def test_upsample_gradient_is_the_transposed_interpolation():
   my, mx = bilinear_matrix(5, 20), bilinear_matrix(7, 28)
   expected = np.einsum("Yy,Xx,bYXc->byxc", my, mx, g)
   np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool2_matches_flax_max_pool_with_ties():
+  """The reshape-and-max pool and its elementwise backward equal autodiff of `nn.max_pool`: values, and
+  gradients on inputs with many ties (quantised values, flat zero regions) where the window's first
+  maximum in row-major order takes the gradient (XLA's rule, and PyTorch's)."""
+  import flax.linen as nn
+
+  from vrn_jax.models.layers import max_pool2
+
+  rng = np.random.default_rng(7)
+  for x in (rng.normal(size=(2, 8, 6, 3)), np.round(rng.normal(size=(2, 8, 6, 3))),
+            np.zeros((1, 4, 4, 2))):
+    x = jnp.asarray(x, jnp.float32)
+    g = jnp.asarray(rng.normal(size=(x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3])),
+                    jnp.float32)
+    ours, ours_vjp = jax.vjp(max_pool2, x)
+    ref, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(ours_vjp(g)[0]), np.asarray(ref_vjp(g)[0]))
+  with pytest.raises(ValueError, match="even spatial sizes"):
+    max_pool2(jnp.zeros((1, 5, 4, 1)))

@@ -99,10 +99,15 @@ def _loss(config, model, variables, images, targets, landmarks, train: bool):
     heatmaps = models.render_heatmaps(landmarks[..., :2])
     if variant == "vrn_guided" and train:
       kwargs["heatmaps"] = heatmaps  # ground-truth landmarks in training (the paper)
-  out = model.apply(variables, images, train=train, mutable=mutable, **kwargs)
+  # Training takes the head's logits before their x4 upsample: the fused loss forms the full-size volume
+  # a few rows at a time (the paper's loss on all 192x192x200 voxels, without the volume in memory).
+  # The returned logits are then (B, 48, 48, 200); evaluation gets the upsampled volume.
+  out = model.apply(variables, images, train=train, mutable=mutable, upsample_volume=not train,
+                    **kwargs)
   out, new_state = out if train else (out, {})
   logits = out["volume"] if isinstance(out, dict) else out
-  loss = models.volume_loss(logits, targets)
+  loss = (models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE) if train
+          else models.volume_loss(logits, targets))
   aux = {"volume_loss": loss}
   if heatmaps is not None:
     hm_loss = models.heatmap_loss(out["heatmaps"], heatmaps)

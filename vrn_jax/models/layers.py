@@ -77,7 +77,44 @@ def max_pool2(x: jax.Array) -> jax.Array:
   if x.shape[1] % 2 or x.shape[2] % 2:
     raise ValueError(f"max_pool2 needs even spatial sizes, got {x.shape[1:3]}: the hourglass depth is too "
                      "large for this input size (the stem output must be divisible by 2**depth).")
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return _max_pool2(x)
+
+
+@jax.custom_vjp
+def _max_pool2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (2, 2), strides=(2, 2))` as a reshape and a max, with the same gradient.
+
+  Autodiff of `nn.max_pool` tracks each window's argmax with four int32 index volumes and a variadic
+  reduce-window (a third of a small VRN's CPU step went there); the windows here do not overlap, so
+  the backward pass is elementwise. As XLA's, it gives each window's gradient to its first maximum in
+  row-major order (ties are common: flat, zero-padded image regions).
+  """
+  b, h, w, c = x.shape
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _max_pool2_fwd(x):
+  y = _max_pool2(x)
+  return y, (x, y)
+
+
+def _max_pool2_bwd(res, g):
+  x, y = res
+  b, h, w, c = x.shape
+  windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(2):
+    cols = []
+    for j in range(2):
+      first = (windows[:, :, i, :, j, :] == y) & ~taken
+      taken = taken | first
+      cols.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+    rows.append(jnp.stack(cols, axis=3))  # (b, h/2, w/2, 2, c)
+  return (jnp.stack(rows, axis=2).reshape(b, h, w, c),)  # (b, h/2, 2, w/2, 2, c) -> (b, h, w, c)
+
+
+_max_pool2.defvjp(_max_pool2_fwd, _max_pool2_bwd)
 
 
 def upsample_nearest2(x: jax.Array) -> jax.Array:
@@ -104,6 +141,26 @@ def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   m[rows, lo] = 1.0 - frac
   m[rows, lo + 1] += frac
   return m
+
+
+def bilinear_row_blocks(size_in: int, size_out: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+  """`bilinear_matrix(size_in, size_out)` cut into blocks of `rows` output rows and the inputs they use.
+
+  Block j covers outputs [j * rows, (j + 1) * rows); its non-zero columns lie in the band
+  [starts[j], starts[j] + k), k being the widest band of any block (start clamped so the band fits).
+
+  Returns:
+    starts (n,) int32 and blocks (n, rows, k) float32, n = size_out // rows; blocks[j] is
+    M[j * rows : (j + 1) * rows, starts[j] : starts[j] + k] and the rest of those rows of M is zero.
+  """
+  if size_out % rows:
+    raise ValueError(f"{size_out} output rows do not split into blocks of {rows}")
+  m = bilinear_matrix(size_in, size_out)
+  used = [np.nonzero(m[j * rows:(j + 1) * rows].any(axis=0))[0] for j in range(size_out // rows)]
+  k = max(int(u[-1] - u[0]) + 1 for u in used)
+  starts = np.array([min(int(u[0]), size_in - k) for u in used], np.int32)
+  blocks = np.stack([m[j * rows:(j + 1) * rows, s:s + k] for j, s in enumerate(starts)])
+  return starts, blocks.astype(np.float32)
 
 
 def _taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +207,11 @@ def _lerp_axis_bwd(axis, size_in, size_out, _, g):
 
 
 _lerp_axis.defvjp(_lerp_axis_fwd, _lerp_axis_bwd)
+
+
+def lerp_axis(x: jax.Array, axis: int, size_out: int) -> jax.Array:
+  """1-D linear interpolation (align_corners=True) of `x` along `axis` to `size_out` samples."""
+  return _lerp_axis(x, axis, x.shape[axis], size_out)
 
 
 def upsample_bilinear(x: jax.Array, factor: int = 4) -> jax.Array:

@@ -50,7 +50,8 @@ class Stem(nn.Module):
 class UpsampledHead(nn.Module):
   """conv1x1-BN-ReLU, conv1x1 -> outputs, cast to float32, bilinear x4 (align_corners=True).
 
-  (B, h, w, features) -> (B, 4h, 4w, num_outputs) float32.
+  (B, h, w, features) -> (B, 4h, 4w, num_outputs) float32; with upsample=False (B, h, w, num_outputs),
+  the outputs before the x4 (what `models.upsampled_volume_loss` takes).
   """
   num_outputs: int
   features: int
@@ -58,11 +59,12 @@ class UpsampledHead(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, upsample: bool = True) -> jax.Array:
     x = conv_bn_relu(x, self.features, self.conv, self.norm, name="hidden")
     x = self.conv(self.num_outputs, (1, 1), padding=0, name="out")(x)
     # Upsample in float32: it is cheap, and logits feed a loss over 7.4 M voxels.
-    return upsample_bilinear(x.astype(jnp.float32), OUTPUT_STRIDE)
+    x = x.astype(jnp.float32)
+    return upsample_bilinear(x, OUTPUT_STRIDE) if upsample else x
 
 
 def _check_images(images: jax.Array) -> None:
@@ -96,15 +98,19 @@ class VRN(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """(B, H, W, C) float images -> (B, H, W, volume_depth) float32 volume logits (y, x, z)."""
+  def __call__(self, images: jax.Array, train: bool = False, upsample_volume: bool = True) -> jax.Array:
+    """(B, H, W, C) float images -> (B, H, W, volume_depth) float32 volume logits (y, x, z).
+
+    upsample_volume=False returns the logits before the head's x4 upsample, (B, H/4, W/4, volume_depth),
+    for `models.upsampled_volume_loss` (training never materialises the full-size volume).
+    """
     _check_images(images)
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
     x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
     for i in range(self.num_hourglasses):
       x = x + HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
-    return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x)
+    return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x, upsample_volume)
 
 
 class VRNMultitask(nn.Module):
@@ -125,8 +131,12 @@ class VRNMultitask(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    """(B, H, W, C) -> {'volume': (B, H, W, 200) logits, 'heatmaps': (B, H, W, 68)}, both float32."""
+  def __call__(self, images: jax.Array, train: bool = False,
+               upsample_volume: bool = True) -> dict[str, jax.Array]:
+    """(B, H, W, C) -> {'volume': (B, H, W, 200) logits, 'heatmaps': (B, H, W, 68)}, both float32.
+
+    upsample_volume=False: the volume logits before the x4 upsample, as in `VRN`.
+    """
     _check_images(images)
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
@@ -136,7 +146,8 @@ class VRNMultitask(nn.Module):
       x = x + block(f"hourglass_{i}")(x)
     v = x + block("volume_hourglass")(x)
     h = x + block("landmark_hourglass")(x)
-    return {"volume": UpsampledHead(self.volume_depth, self.features, conv, norm, name="volume_head")(v),
+    return {"volume": UpsampledHead(self.volume_depth, self.features, conv, norm,
+                                    name="volume_head")(v, upsample_volume),
             "heatmaps": UpsampledHead(self.num_landmarks, self.features, conv, norm,
                                       name="landmark_head")(h)}
 
@@ -203,13 +214,14 @@ class VRNGuided(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, heatmaps: jax.Array | None = None,
-               train: bool = False) -> dict[str, Any]:
+               train: bool = False, upsample_volume: bool = True) -> dict[str, Any]:
     """Volume and landmarks from images.
 
     Args:
       images: (B, H, W, 3) float images.
       heatmaps: (B, H, W, num_landmarks) ground-truth heatmaps (training), or None to use the detector's.
       train: batch statistics (and their update) instead of running averages.
+      upsample_volume: False returns the volume logits before the x4 upsample, as in `VRN`.
     Returns:
       {'volume': (B, H, W, 200) float32 logits,
        'heatmaps': [(B, H, W, 68) float32] one per detector stack}.
@@ -225,5 +237,6 @@ class VRNGuided(nn.Module):
                        f"got {heatmaps.shape}; render them with vrn_jax.models.heatmaps.render_heatmaps")
     guided = jnp.concatenate([images.astype(jnp.float32), heatmaps.astype(jnp.float32)], axis=-1)
     volume = VRN(num_hourglasses=self.num_hourglasses, topology=self.topology,
-                 volume_depth=self.volume_depth, name="volume_net", **common)(guided, train)
+                 volume_depth=self.volume_depth, name="volume_net", **common)(guided, train,
+                                                                              upsample_volume)
     return {"volume": volume, "heatmaps": detected}
