@@ -446,3 +446,25 @@ def test_max_pool2_matches_flax_max_pool_with_ties():
     np.testing.assert_array_equal(np.asarray(ours_vjp(g)[0]), np.asarray(ref_vjp(g)[0]))
   with pytest.raises(ValueError, match="even spatial sizes"):
     max_pool2(jnp.zeros((1, 5, 4, 1)))
+
+
+def test_conv_factory_one_by_one_is_the_convolution():
+  """On a CPU the factory's 1x1 convolutions are matmuls over channels: same parameters (nn.Conv's
+  names, shapes and initialisation) and the same values and gradients as `nn.Conv`'s convolution."""
+  import flax.linen as nn
+
+  x = _images(batch=2, size=12)
+  x = jnp.concatenate([x, x[..., :1] * 2], axis=-1)  # 4 channels
+  for kernel, padding in (((1, 1), 0), ((3, 3), 1)):
+    ours = conv_factory()(5, kernel, padding=padding)
+    ref = nn.Conv(5, kernel, padding=padding, use_bias=True)
+    v = ours.init(jax.random.key(1), x)
+    assert _shapes(v) == _shapes(ref.init(jax.random.key(1), x))
+    np.testing.assert_array_equal(np.asarray(v["params"]["kernel"]),
+                                  np.asarray(ref.init(jax.random.key(1), x)["params"]["kernel"]))
+    loss = lambda m: (lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))))
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(ours), argnums=(0, 1))(v, x)),
+                    jax.tree_util.tree_leaves(jax.grad(loss(ref), argnums=(0, 1))(v, x))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.apply(v, x)), np.asarray(ref.apply(v, x)), rtol=1e-5,
+                               atol=1e-6)

@@ -22,8 +22,32 @@ BN_EPSILON = 1e-5
 
 
 def conv_factory(dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> ModuleDef:
-  """`nn.Conv` with a bias and the given compute / parameter dtypes (every release conv has a bias)."""
-  return functools.partial(nn.Conv, use_bias=True, dtype=dtype, param_dtype=param_dtype)
+  """`nn.Conv` with a bias and the given compute / parameter dtypes (every release conv has a bias).
+
+  The parameters are `nn.Conv`'s (kernel (kh, kw, I, O), bias (O,)) whatever computes them; see
+  `_conv_general_dilated` for the 1x1 convolutions.
+  """
+  return functools.partial(nn.Conv, use_bias=True, dtype=dtype, param_dtype=param_dtype,
+                           conv_general_dilated=_conv_general_dilated)
+
+
+def _conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                          dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated`, except that on a CPU a plain 1x1 convolution is a matmul over channels.
+
+  XLA's CPU backend runs the weight gradient of a 1x1 convolution as a generic convolution; as a
+  dot_general it is a GEMM: the default config's forward-backward-loss went from 0.41 s to 0.33 s
+  (batch 8, 64 features, 2-core CPU). Same values to float32 rounding (gradients within 2e-5 of 4e-3).
+  Accelerators keep the convolution (not measured there: no GPU was lent when this was written).
+  """
+  one_by_one = (rhs.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1) and feature_group_count == 1
+                and all(tuple(p) == (0, 0) for p in padding)
+                and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ())))
+  if one_by_one and jax.default_backend() == "cpu":  # NHWC x HWIO, as nn.Conv passes them
+    return jax.lax.dot_general(lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())), precision=precision)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                      feature_group_count=feature_group_count, precision=precision)
 
 
 def norm_factory(train: bool, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
