@@ -109,17 +109,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  if any(a.startswith("--config.") for a in sys.argv[1:]) and not any(
-      a.startswith("--config=") for a in sys.argv[1:]):
-    print("error: --config.x=y overrides need --config=FILE (the workdir's config.json takes none).",
-          file=sys.stderr)
-    sys.exit(2)
-  if any(a.startswith("--config=") for a in sys.argv[1:]):
-    try:
-      from vrn_jax import cli  # pylint: disable=g-import-not-at-top
+  from vrn_jax import cli  # pylint: disable=g-import-not-at-top
 
-      cli.check_config_overrides(sys.argv[1:], "configs/default.py")
-    except (files.InputError, ValueError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+  cli.exit_on_bad_config_overrides(sys.argv[1:], None)
   app.run(main)

@@ -39,11 +39,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    from vrn_jax import cli  # pylint: disable=g-import-not-at-top
+  from vrn_jax import cli  # pylint: disable=g-import-not-at-top
 
-    cli.check_config_overrides(sys.argv[1:], "configs/default.py")
-  except (files.InputError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.exit_on_bad_config_overrides(sys.argv[1:], "configs/default.py")
   app.run(main)

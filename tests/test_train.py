@@ -235,3 +235,23 @@ def test_keep_freed_memory_reuses_big_buffers():
     assert applied == ("True" if keep == "1" else "False")
     faults[keep] = float(per_page)  # page faults per call per page of the temporary
   assert faults["1"] < 0.6 and faults["0"] > 0.9, faults
+
+
+def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
+  """The early check both entry points run: a bad override is one line and exit status 2; run_eval's
+  overrides need an explicit --config=FILE; good overrides pass."""
+  from vrn_jax import cli
+
+  monkeypatch.chdir(REPO)
+  cli.exit_on_bad_config_overrides(["--config.optim.learning_rate=1e-3"], "configs/default.py")
+  cli.exit_on_bad_config_overrides(["--workdir=w"], None)
+  for argv, default, expected in [
+      (["--config.model.featurs=8"], "configs/default.py", "closest: model.features"),
+      (["--config=configs/nope.py"], "configs/default.py", "no such config file configs/nope.py"),
+      (["--config=configs/default.py:tset"], "configs/default.py", "unknown argument 'tset'"),
+      (["--workdir=w", "--config.seed=1"], None, "need --config=FILE")]:
+    with pytest.raises(SystemExit) as e:
+      cli.exit_on_bad_config_overrides(argv, default)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err, err

@@ -53,3 +53,21 @@ def check_config_overrides(argv: list[str], default_config: str) -> None:
         close = difflib.get_close_matches(key, keys, n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise InputError(f"--config.{key}: no such config field in {path}{hint}.")
+
+
+def exit_on_bad_config_overrides(argv: list[str], default_config: str | None) -> None:
+  """`check_config_overrides` before absl parses the flags: a bad override prints one line, exits 2.
+
+  default_config None: the entry point has no default config file (its config comes from a workdir), so
+  overrides need an explicit --config=FILE.
+  """
+  has_file = any(a.startswith("--config=") for a in argv)
+  try:
+    if default_config is None and not has_file:
+      if any(a.startswith("--config.") for a in argv):
+        raise InputError("--config.x=y overrides need --config=FILE (the workdir's config.json takes none).")
+      return
+    check_config_overrides(argv, default_config or "")
+  except (InputError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
