@@ -1,7 +1,7 @@
 """Training-step throughput, ours against PyTorch on the same network, loss, optimiser, batch and device.
 
 Sizes: 'paper' (configs/vrn.py: two standard hourglasses of 256 features, depth 4) and 'reduced'
-(configs/default.py: 32 features, depth 3); both output the full 192x192x200 volume and take the loss on
+(configs/default.py: 64 features, depth 3); both output the full 192x192x200 volume and take the loss on
 all of it. 'tiny' (configs/default.py:test, 8 features, depth 2) is for the tests (`--tiny`).
 
 Rows per size, in examples/s:

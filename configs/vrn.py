@@ -10,8 +10,14 @@ def get_config(arg: str | None = None):
   config.model.features = 256
   config.model.depth = 4
   config.model.topology = "release" if arg == "release" else "standard"
+  # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
   config.optim.learning_rate = 1e-4
+  config.optim.schedule = "step"
   config.optim.decay_epochs = (40.0,)
+  config.optim.decay_factor = 0.1
+  config.optim.momentum = 0.0
+  config.augment.update(dict(enabled=True, rotation_deg=45.0, translation_px=15.0, scale_range=(0.85, 1.15),
+                             flip_probability=0.2, colour_range=(0.6, 1.4)))
   config.num_epochs = 50.0
   config.global_batch_size = 32
   config.log_every_steps = 100

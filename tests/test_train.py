@@ -255,3 +255,32 @@ def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err, err
+
+
+def test_schedules_and_paper_configs():
+  """The paper configs keep the paper's optimisation and augmentation whatever the CPU default uses;
+  'step' multiplies by decay_factor at each boundary, 'cosine' decays to learning_rate * decay_factor;
+  an unknown schedule is an error naming the field."""
+  import importlib
+
+  from vrn_jax import files, train
+
+  default = importlib.import_module("configs.default").get_config()
+  for name in ("vrn", "vrn_multitask", "vrn_guided"):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    assert (c.optim.learning_rate, c.optim.schedule, tuple(c.optim.decay_epochs), c.optim.decay_factor,
+            c.optim.momentum) == (1e-4, "step", (40.0,), 0.1, 0.0), name
+    assert (c.augment.rotation_deg, c.augment.translation_px, tuple(c.augment.scale_range),
+            c.augment.flip_probability, tuple(c.augment.colour_range)) == (
+                45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
+  paper = importlib.import_module("configs.vrn").get_config()
+  step = train.learning_rate_schedule(paper, steps_per_epoch=10)
+  np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],
+                             rtol=1e-6)
+  default.optim.schedule, default.optim.learning_rate, default.optim.decay_factor = "cosine", 2e-3, 0.05
+  cosine = train.learning_rate_schedule(default, steps_per_epoch=10, num_steps=100)
+  np.testing.assert_allclose([float(cosine(s)) for s in (0, 50, 100)],
+                             [2e-3, 2e-3 * (0.05 + 0.95 * 0.5), 2e-3 * 0.05], rtol=1e-5)
+  default.optim.schedule = "linear"
+  with pytest.raises(files.InputError, match="optim.schedule 'linear'"):
+    train.learning_rate_schedule(default, 10, 100)

@@ -47,7 +47,15 @@ def create_model(config: ml_collections.ConfigDict, axis_name: str | None = AXIS
   return models.get_model(config.model, bn_axis_name=axis_name)
 
 
-def learning_rate_schedule(config, steps_per_epoch: int):
+def learning_rate_schedule(config, steps_per_epoch: int, num_steps: int | None = None):
+  """optim.schedule 'step' (the paper's: x decay_factor after each of decay_epochs) or 'cosine' (from
+  learning_rate down to learning_rate * decay_factor over the run's num_steps)."""
+  if config.optim.schedule == "cosine":
+    if not num_steps:
+      raise ValueError("the cosine schedule needs the run's number of steps")
+    return optax.cosine_decay_schedule(config.optim.learning_rate, num_steps, alpha=config.optim.decay_factor)
+  if config.optim.schedule != "step":
+    raise InputError(f"config optim.schedule {config.optim.schedule!r}: expected 'step' or 'cosine'.")
   boundaries = {int(round(e * steps_per_epoch)): config.optim.decay_factor
                 for e in config.optim.decay_epochs}
   return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
@@ -56,9 +64,11 @@ def learning_rate_schedule(config, steps_per_epoch: int):
 def create_optimizer(config, schedule) -> optax.GradientTransformation:
   # optax.rmsprop with eps outside the root and decay 0.99 is Torch7's optim.rmsprop:
   #   m = alpha m + (1 - alpha) g^2;  x -= lr g / (sqrt(m) + eps).
+  # momentum > 0 adds heavy-ball momentum on the scaled step (PyTorch's RMSprop(momentum=...)).
   return optax.rmsprop(schedule, decay=config.optim.rmsprop_decay, eps=config.optim.eps,
                        eps_in_sqrt=config.optim.eps_in_sqrt,
-                       initial_scale=config.optim.initial_mean_square)
+                       initial_scale=config.optim.initial_mean_square,
+                       momentum=config.optim.momentum or None)
 
 
 def create_train_state(config, rng: jax.Array, tx: optax.GradientTransformation) -> TrainState:
@@ -254,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(math.ceil(config.num_epochs * steps_per_epoch)))
 
-  schedule = learning_rate_schedule(config, steps_per_epoch)
+  schedule = learning_rate_schedule(config, steps_per_epoch, num_steps)
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
