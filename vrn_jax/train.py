@@ -50,12 +50,15 @@ def create_model(config: ml_collections.ConfigDict, axis_name: str | None = AXIS
 def learning_rate_schedule(config, steps_per_epoch: int, num_steps: int | None = None):
   """optim.schedule 'step' (the paper's: x decay_factor after each of decay_epochs) or 'cosine' (from
   learning_rate down to learning_rate * decay_factor over the run's num_steps)."""
-  if config.optim.schedule == "cosine":
+  # .get: configs saved before these fields existed (an older workdir's config.json) mean the defaults.
+  kind = config.optim.get("schedule", "step")
+  if kind == "cosine":
     if not num_steps:
       raise ValueError("the cosine schedule needs the run's number of steps")
-    return optax.cosine_decay_schedule(config.optim.learning_rate, num_steps, alpha=config.optim.decay_factor)
-  if config.optim.schedule != "step":
-    raise InputError(f"config optim.schedule {config.optim.schedule!r}: expected 'step' or 'cosine'.")
+    return optax.cosine_decay_schedule(config.optim.learning_rate, num_steps,
+                                       alpha=config.optim.decay_factor)
+  if kind != "step":
+    raise InputError(f"config optim.schedule {kind!r}: expected 'step' or 'cosine'.")
   boundaries = {int(round(e * steps_per_epoch)): config.optim.decay_factor
                 for e in config.optim.decay_epochs}
   return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
@@ -68,7 +71,7 @@ def create_optimizer(config, schedule) -> optax.GradientTransformation:
   return optax.rmsprop(schedule, decay=config.optim.rmsprop_decay, eps=config.optim.eps,
                        eps_in_sqrt=config.optim.eps_in_sqrt,
                        initial_scale=config.optim.initial_mean_square,
-                       momentum=config.optim.momentum or None)
+                       momentum=config.optim.get("momentum", 0.0) or None)
 
 
 def create_train_state(config, rng: jax.Array, tx: optax.GradientTransformation) -> TrainState:
