@@ -106,6 +106,21 @@ def jax_device(cpu: str) -> str:
   return f"{devices[0].platform.upper()}: {len(devices)} x {devices[0].device_kind} (JAX {jax.__version__})"
 
 
+def run_devices(cpu: str) -> tuple[bool, str, str | None]:
+  """(whether JAX has an accelerator, what the JAX rows run on, what the PyTorch rows run on).
+
+  The PyTorch description is None where its rows are not comparable: PyTorch on the CPU while ours runs
+  on an accelerator.
+  """
+  accelerator = jax_platform() != "cpu"
+  _, tdev, tdesc = torch_setup()
+  if tdev.type == "cuda":
+    torch_device = tdesc
+  else:  # PyTorch on the CPU: comparable only when ours runs there too
+    torch_device = None if accelerator else f"{cpu}; {tdesc}"
+  return accelerator, jax_device(cpu), torch_device
+
+
 def torch_setup():
   """(torch, device, description) for the PyTorch baselines: CUDA if torch sees it, else the CPU.
 

@@ -391,13 +391,7 @@ def gpu_placeholders(why: str) -> list[Row]:
 
 
 def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
-  accelerator = common.jax_platform() != "cpu"
-  jax_device = common.jax_device(device)
-  _, tdev, tdesc = common.torch_setup()
-  if tdev.type == "cuda":
-    torch_device = tdesc
-  else:
-    torch_device = None if accelerator else f"{device}; {tdesc}"
+  accelerator, jax_device, torch_device = common.run_devices(device)
   p = plan(quick, tiny, accelerator)
   rows = []
   for size, cases in p.sizes.items():

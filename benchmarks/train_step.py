@@ -154,29 +154,13 @@ def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measure
   batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
   p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
                     axis_name=train.AXIS, donate_argnums=(0,))
-  import time  # pylint: disable=g-import-not-at-top
-
-  t = time.perf_counter()
-  compiled = p_step.lower(state, batch, rngs).compile()
-  compile_s = time.perf_counter() - t
-  holder = [state]
-
-  def steps():
-    metrics = None
-    for _ in range(plan.steps):
-      holder[0], metrics = compiled(holder[0], batch, rngs)
-    return metrics
-
-  first, best = common.timed(steps, jax.block_until_ready, plan.repeats, plan.warmup)
-  return Measured(plan.batch * plan.steps / best, compile_s + first)
+  return _time_steps(p_step, state, (batch, rngs), plan.batch, plan)
 
 
 def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray) -> Measured:
   """Forward (train-mode BatchNorm) + volume loss + backward + RMSProp, jitted, on one device: the
   train step without augmentation and target decoding, its loss computed by the training code's own
   `train._loss`."""
-  import time  # pylint: disable=g-import-not-at-top
-
   import jax  # pylint: disable=g-import-not-at-top
 
   from vrn_jax import train  # pylint: disable=g-import-not-at-top
@@ -195,19 +179,29 @@ def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray)
     return state.apply_gradients(grads=grads, batch_stats=new["batch_stats"]), loss
 
   images, targets = jax.device_put(images), jax.device_put(targets)
+  return _time_steps(jax.jit(step, donate_argnums=(0,)), state, (images, targets), images.shape[0], plan)
+
+
+def _time_steps(step, state, args: tuple, examples: int, plan: Plan) -> Measured:
+  """Compiles `step(state, *args) -> (state, out)` (jit or pmap, state donated), then times calls of
+  `plan.steps` chained steps; examples/s from `examples` per step, first_s = compile + first call."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
   t = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, images, targets).compile()
+  compiled = step.lower(state, *args).compile()
   compile_s = time.perf_counter() - t
   holder = [state]
 
   def steps():
-    loss = None
+    out = None
     for _ in range(plan.steps):
-      holder[0], loss = compiled(holder[0], images, targets)
-    return loss
+      holder[0], out = compiled(holder[0], *args)
+    return out
 
   first, best = common.timed(steps, jax.block_until_ready, plan.repeats, plan.warmup)
-  return Measured(images.shape[0] * plan.steps / best, compile_s + first)
+  return Measured(examples * plan.steps / best, compile_s + first)
 
 
 # ---------------------------------------------------------------------------------------- PyTorch
@@ -367,13 +361,7 @@ def gpu_placeholders(why: str) -> list[Row]:
 
 
 def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
-  accelerator = common.jax_platform() != "cpu"
-  jax_device = common.jax_device(device)
-  _, tdev, tdesc = common.torch_setup()
-  if tdev.type == "cuda":
-    torch_device = tdesc
-  else:  # PyTorch on the CPU: comparable only when ours runs there too
-    torch_device = None if accelerator else f"{device}; {tdesc}"
+  accelerator, jax_device, torch_device = common.run_devices(device)
   selected = plans(quick, tiny, accelerator)
   bf16 = any(isinstance(p, Plan) and not all(p.why_not(v) for v in VARIANTS if "bf16" in v)
              for p in selected.values())
