@@ -271,6 +271,27 @@ def test_small_variants_forward():
   assert variables["params"]["volume_net"]["stem"]["conv"]["kernel"].shape[2] == 3 + 68
 
 
+def test_patchify_stem_is_a_stride_4_convolution():
+  """The CPU default's stem: its first layer is a 4x4 stride-4 convolution of the image (space-to-depth
+  then conv1x1), on the same 48x48 grid as the paper's stem; unknown stems are errors."""
+  images = _images(batch=2)
+  model = get_model(stem="patchify", **SMALL)
+  variables = model.init(jax.random.key(0), images[:1])
+  out = model.apply(variables, images, upsample_volume=False)
+  assert out.shape == (2, 48, 48, 200) and np.isfinite(np.asarray(out)).all()
+  kernel = variables["params"]["stem"]["conv"]["kernel"]
+  assert kernel.shape == (1, 1, 4 * 4 * 3, SMALL["features"] // 2)
+  # The first layer's output, against lax's stride-4 4x4 convolution with the same weights (HWIO).
+  _, state = model.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+  first = state["intermediates"]["stem"]["conv"]["__call__"][0]
+  conv = jax.lax.conv_general_dilated(
+      images, kernel.reshape(4, 4, 3, -1), (4, 4), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + variables["params"]["stem"]["conv"]["bias"]
+  np.testing.assert_allclose(np.asarray(first), np.asarray(conv), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown stem"):
+    get_model(stem="resnet", **SMALL).init(jax.random.key(0), images[:1])
+
+
 def test_get_model_config():
   config = models.default_model_config()
   config.variant, config.features, config.depth = "vrn_multitask", 16, 2
@@ -363,6 +384,44 @@ def test_upsampled_volume_loss_is_the_loss_of_the_upsampled_volume(target_dtype)
     models.upsampled_volume_loss(x, t[:, :40])
   with pytest.raises(ValueError, match="blocks of 5"):
     models.upsampled_volume_loss(x, t, 4, 5)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_strided_volume_loss_is_the_loss_on_the_sampled_voxels(stride):
+  """loss_stride > 1: the fused loss on rows oy + s i and columns ox + s j of the upsampled volume, each
+  example with its own offsets, against float64 NumPy on the same voxels (value and gradient, the
+  tolerances of the full-volume test); and averaged over all s^2 offsets it is the full-volume loss."""
+  from vrn_jax.models.layers import bilinear_matrix
+
+  rng = np.random.default_rng(5)
+  logits = rng.normal(0, 4, size=(3, 8, 6, 5))
+  upsampled = _bilinear_reference(logits, 4)
+  full_target = rng.uniform(size=upsampled.shape) < 0.4
+  offsets = rng.integers(0, stride, size=(3, 2))
+  target = np.stack([full_target[e, oy::stride, ox::stride] for e, (oy, ox) in enumerate(offsets)])
+  sampled = np.stack([upsampled[e, oy::stride, ox::stride] for e, (oy, ox) in enumerate(offsets)])
+  n = sampled.size
+  value = np.mean(np.logaddexp(0.0, sampled) - sampled * target)
+  residual = (1 / (1 + np.exp(-sampled)) - target) / n
+  grad = np.stack([np.einsum("Yy,Xx,YXc->yxc", bilinear_matrix(8, 32)[oy::stride],
+                             bilinear_matrix(6, 24)[ox::stride], residual[e])
+                   for e, (oy, ox) in enumerate(offsets)])
+  x, t = jnp.asarray(logits, jnp.float32), jnp.asarray(target)
+  for rows in (None, 2, 32 // stride):
+    loss, g = jax.jit(jax.value_and_grad(lambda x, t, o: models.upsampled_volume_loss(
+        x, t, 4, rows, stride=stride, offsets=o)))(x, t, jnp.asarray(offsets))
+    np.testing.assert_allclose(float(loss), value, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), grad, rtol=1e-4, atol=1e-6 * np.abs(grad).max())
+  # Unbiased: the mean over every offset pair (the same for all examples) is the full-volume loss.
+  full = np.mean(np.logaddexp(0.0, upsampled) - upsampled * full_target)
+  every = [float(models.upsampled_volume_loss(
+      x, jnp.asarray(full_target[:, oy::stride, ox::stride]), 4, stride=stride,
+      offsets=jnp.tile(jnp.array([oy, ox]), (3, 1)))) for oy in range(stride) for ox in range(stride)]
+  np.testing.assert_allclose(np.mean(every), full, rtol=1e-5)
+  with pytest.raises(ValueError, match="offsets"):
+    models.upsampled_volume_loss(x, t, 4, stride=stride)
+  with pytest.raises(ValueError, match=f"sampled every {stride}"):
+    models.upsampled_volume_loss(x, t[:, :-1], 4, stride=stride, offsets=jnp.asarray(offsets))
 
 
 def test_volume_logits_before_the_upsample():

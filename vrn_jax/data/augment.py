@@ -95,16 +95,18 @@ def augment_image(image: jax.Array, params: dict) -> jax.Array:
 
 
 def decode_volume(depth: jax.Array, back: jax.Array, step: jax.Array, affine: jax.Array,
-                  shape: tuple[int, int, int] = VOLUME_SHAPE) -> jax.Array:
+                  shape: tuple[int, int, int] = VOLUME_SHAPE, rows: jax.Array | None = None,
+                  cols: jax.Array | None = None) -> jax.Array:
   """JAX twin of `vrn_jax.geometry.voxelise.decode_volume`: bool (192, 192, 200) (y, x, z).
 
   The same rule (`voxelise._occupancy`) in the same float32 arithmetic, evaluated densely (cheap on an
   accelerator); the two agree except where a voxel centre sits within float32 rounding of the surface.
+  `rows` (n,) / `cols` (m,) int: decode only those rows / columns of the volume, (n, m, 200).
   """
   h, w, d = shape
   a = affine.astype(jnp.float32)
-  y = jnp.arange(h, dtype=jnp.float32)[:, None, None]
-  x = jnp.arange(w, dtype=jnp.float32)[None, :, None]
+  y = (jnp.arange(h) if rows is None else rows).astype(jnp.float32)[:, None, None]
+  x = (jnp.arange(w) if cols is None else cols).astype(jnp.float32)[None, :, None]
   k = jnp.arange(d, dtype=jnp.float32)[None, None, :]
   u, v, kf = ((row[0] * x + row[2] * k) + (row[1] * y + row[3]) for row in a)
   levels = jnp.pad(depth.astype(jnp.float32), 1)
@@ -118,12 +120,14 @@ def augmented_affine(affine: jax.Array, params: dict) -> jax.Array:
   return (full @ jnp.linalg.inv(voxel_matrix(params)))[:3]
 
 
-def augment_example(rng: jax.Array, example: dict, cfg: AugmentConfig | None, train: bool = True):
+def augment_example(rng: jax.Array, example: dict, cfg: AugmentConfig | None, train: bool = True,
+                    rows: jax.Array | None = None, cols: jax.Array | None = None):
   """One example (fields of `vrn_jax.data.pipeline.DEVICE_FIELDS`) -> (image float32 (192, 192, 3),
-  target bool (192, 192, 200), landmarks (68, 3)). With cfg None or train False: no augmentation."""
+  target bool (192, 192, 200), landmarks (68, 3)). With cfg None or train False: no augmentation.
+  rows (n,) / cols (m,): the target at those rows and columns only, (n, m, 200)."""
   params = sample_params(rng, cfg) if (train and cfg is not None) else identity_params()
   image = augment_image(example["image"], params)
   affine = augmented_affine(example["volume_affine"], params)
   target = decode_volume(example["volume_depth"], example["volume_back"], example["volume_step"],
-                         affine)
+                         affine, rows=rows, cols=cols)
   return image, target, augment_landmarks(example["landmarks"], params)

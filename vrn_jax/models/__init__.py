@@ -40,6 +40,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       variant="vrn",                 # 'vrn' | 'vrn_multitask' | 'vrn_guided'
       topology="standard",           # 'standard' (Newell, the paper) | 'release' (the released weights)
+      stem="conv7x7",                # 'conv7x7' (the paper's and release's) | 'patchify' (cheap, CPU)
       features=256,                  # residual-module width
       num_hourglasses=2,             # VRN stack; VRN-Guided's volume network
       depth=4,                       # hourglass recursion depth
@@ -83,6 +84,7 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
     raise ValueError(f"model features must be divisible by 4 (the stem uses f/4 and f/2), "
                      f"got {fields['features']}")
   common = dict(features=fields["features"], depth=fields["depth"], topology=fields["topology"],
+                stem=fields["stem"],
                 volume_depth=fields["volume_depth"], dtype=_dtype(fields["dtype"]),
                 param_dtype=jnp.float32, bn_axis_name=fields["bn_axis_name"])
   variant = fields["variant"]

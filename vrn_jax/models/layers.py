@@ -167,23 +167,29 @@ def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   return m
 
 
-def bilinear_row_blocks(size_in: int, size_out: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def bilinear_row_blocks(size_in: int, size_out: int, rows: int,
+                        stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """`bilinear_matrix(size_in, size_out)` cut into blocks of `rows` output rows and the inputs they use.
 
-  Block j covers outputs [j * rows, (j + 1) * rows); its non-zero columns lie in the band
-  [starts[j], starts[j] + k), k being the widest band of any block (start clamped so the band fits).
+  For each phase p in [0, stride), the output rows p, p + stride, p + 2 stride, ... (every row when
+  stride is 1) are cut into blocks of `rows`: block j holds the sampled rows j * rows ... (j + 1) * rows - 1
+  and its non-zero columns lie in the band [starts[p, j], starts[p, j] + k), k being the widest band of
+  any block (start clamped so the band fits).
 
   Returns:
-    starts (n,) int32 and blocks (n, rows, k) float32, n = size_out // rows; blocks[j] is
-    M[j * rows : (j + 1) * rows, starts[j] : starts[j] + k] and the rest of those rows of M is zero.
+    starts (stride, n) int32 and blocks (stride, n, rows, k) float32, n = size_out // stride // rows;
+    blocks[p, j] is M[p::stride][j * rows : (j + 1) * rows, starts[p, j] : starts[p, j] + k] and the
+    rest of those rows of M is zero.
   """
-  if size_out % rows:
-    raise ValueError(f"{size_out} output rows do not split into blocks of {rows}")
-  m = bilinear_matrix(size_in, size_out)
-  used = [np.nonzero(m[j * rows:(j + 1) * rows].any(axis=0))[0] for j in range(size_out // rows)]
-  k = max(int(u[-1] - u[0]) + 1 for u in used)
-  starts = np.array([min(int(u[0]), size_in - k) for u in used], np.int32)
-  blocks = np.stack([m[j * rows:(j + 1) * rows, s:s + k] for j, s in enumerate(starts)])
+  if size_out % (stride * rows):
+    raise ValueError(f"{size_out} output rows do not split into blocks of {rows} rows every {stride}")
+  phases = [bilinear_matrix(size_in, size_out)[p::stride] for p in range(stride)]
+  n = size_out // stride // rows
+  used = [[np.nonzero(m[j * rows:(j + 1) * rows].any(axis=0))[0] for j in range(n)] for m in phases]
+  k = max(int(u[-1] - u[0]) + 1 for per_phase in used for u in per_phase)
+  starts = np.array([[min(int(u[0]), size_in - k) for u in per_phase] for per_phase in used], np.int32)
+  blocks = np.stack([np.stack([m[j * rows:(j + 1) * rows, s:s + k] for j, s in enumerate(st)])
+                     for m, st in zip(phases, starts)])
   return starts, blocks.astype(np.float32)
 
 

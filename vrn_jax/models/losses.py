@@ -1,6 +1,7 @@
 """Training losses: per-voxel sigmoid cross-entropy for the volume (paper), MSE for landmark heatmaps."""
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -31,7 +32,8 @@ def _sigmoid_xent(x: jax.Array, t: jax.Array, e: jax.Array) -> jax.Array:
 
 
 def upsampled_volume_loss(logits: jax.Array, target: jax.Array, factor: int = 4,
-                          rows_per_block: int | None = None) -> jax.Array:
+                          rows_per_block: int | None = None, stride: int = 1,
+                          offsets: jax.Array | None = None) -> jax.Array:
   """`volume_loss(upsample_bilinear(logits, factor), target)` without the upsampled volume in memory.
 
   The paper's loss on the full volume: the x`factor` bilinear upsample (align_corners=True) of the
@@ -42,64 +44,90 @@ def upsampled_volume_loss(logits: jax.Array, target: jax.Array, factor: int = 4,
   the unfused pair (and XLA no longer writes several volume-sized temporaries per step). The value
   equals the unfused loss, and the gradient its gradient, to float32 rounding.
 
+  stride > 1 takes the loss on every stride-th row and column of the upsampled volume, from each
+  example's offsets (oy, ox): with offsets uniform in [0, stride)^2 every voxel is equally likely to be
+  sampled, so the result is an unbiased estimate of the full-volume loss and of its gradient, at
+  1/stride^2 of the voxels (and the target need only be decoded there).
+
   Args:
     logits: (B, h, w, C) volume logits at the head's resolution (any float dtype; float32 inside).
-    target: (B, factor*h, factor*w, C) binary occupancy (bool / uint8 / float in [0, 1]). No gradient
-      flows to the target.
+    target: (B, factor*h/stride, factor*w/stride, C) binary occupancy (bool / uint8 / float in [0, 1]):
+      the upsampled volume's rows oy + stride * i and columns ox + stride * j. No gradient flows to it.
     factor: the upsample factor (4, the VRN head's).
-    rows_per_block: output rows per block; None picks 8 on a CPU (blocks that stay in cache) and the
-      whole height elsewhere (one block per example: accelerators prefer few large kernels).
+    rows_per_block: (sampled) output rows per block; None picks 8 (or the largest divisor of the row
+      count below it) on a CPU (blocks that stay in cache)
+      and all of them elsewhere (one block per example: accelerators prefer few large kernels).
+    stride: 1 (every voxel, the paper's loss) or the sampling step along y and x.
+    offsets: (B, 2) int (oy, ox) in [0, stride); required when stride > 1.
   Returns:
-    () float32 mean over all voxels and the batch.
+    () float32 mean over the (sampled) voxels and the batch.
   """
-  if rows_per_block is None:
-    rows_per_block = 8 if jax.default_backend() == "cpu" else factor * logits.shape[1]
   b, h, w, c = logits.shape
-  if target.shape != (b, factor * h, factor * w, c):
-    raise ValueError(f"target shape {target.shape} is not the x{factor} upsample of logits {logits.shape}")
-  return _upsampled_xent(logits.astype(jnp.float32), jax.lax.stop_gradient(target), factor,
-                         rows_per_block)
+  if stride > 1 and offsets is None:
+    raise ValueError("upsampled_volume_loss: stride > 1 needs each example's offsets")
+  offsets = jnp.zeros((b, 2), jnp.int32) if offsets is None else offsets.astype(jnp.int32)
+  if (factor * h) % stride or (factor * w) % stride:
+    raise ValueError(f"stride {stride} does not divide the upsampled {factor * h}x{factor * w}")
+  if target.shape != (b, factor * h // stride, factor * w // stride, c):
+    raise ValueError(f"target shape {target.shape} is not the x{factor} upsample of logits {logits.shape}"
+                     + (f" sampled every {stride} rows and columns" if stride > 1 else ""))
+  if rows_per_block is None:
+    sampled = factor * h // stride
+    rows_per_block = math.gcd(8, sampled) if jax.default_backend() == "cpu" else sampled
+  return _upsampled_xent(logits.astype(jnp.float32), jax.lax.stop_gradient(target), offsets, factor,
+                         rows_per_block, stride)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _upsampled_xent(logits, target, factor, rows):
-  return _upsampled_xent_fwd(logits, target, factor, rows)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _upsampled_xent(logits, target, offsets, factor, rows, stride):
+  return _upsampled_xent_fwd(logits, target, offsets, factor, rows, stride)[0]
 
 
-def _upsampled_xent_fwd(logits, target, factor, rows):
+def _upsample_columns(logits, ox, width: int, stride: int):
+  """(b, h, w, c) -> (b, h, width / stride * c): x-upsampled, columns ox + stride * j of each example."""
+  b, h, _, c = logits.shape
+  x_up = lerp_axis(logits, 2, width)
+  if stride > 1:
+    pick = jax.nn.one_hot(ox, stride, dtype=x_up.dtype)  # (b, stride): the example's column phase
+    x_up = jnp.einsum("bhjsc,bs->bhjc", x_up.reshape(b, h, width // stride, stride, c), pick)
+  return x_up.reshape(b, h, width // stride * c)
+
+
+def _upsampled_xent_fwd(logits, target, offsets, factor, rows, stride):
   """(mean loss, d mean / d logits), both in one pass over the blocks."""
   b, h, w, c = logits.shape
   height, width = factor * h, factor * w
-  n = b * height * width * c
+  n = b * (height // stride) * (width // stride) * c
   # Along x first, at the low resolution of y (cheap), then y block by block.
-  x_up = lerp_axis(logits, 2, width).reshape(b, h, width * c)
-  target = target.reshape(b, height, width * c)
-  starts, blocks = bilinear_row_blocks(h, height, rows)
-  per_example, band = len(starts), blocks.shape[2]
+  x_up, x_vjp = jax.vjp(lambda z: _upsample_columns(z, offsets[:, 1], width, stride), logits)
+  cols = x_up.shape[2]
+  target = target.reshape(b, height // stride, cols)
+  starts, blocks = bilinear_row_blocks(h, height, rows, stride)
+  per_example, band = starts.shape[1], blocks.shape[3]
   starts, blocks = jnp.asarray(starts), jnp.asarray(blocks)
 
   def block(i, carry):
     total, grad = carry
     e, j = i // per_example, i % per_example
-    m = blocks[j]
-    band_in = jax.lax.dynamic_slice(x_up, (e, starts[j], 0), (1, band, width * c))[0]
-    x = m @ band_in  # (rows, width * c): these rows of the upsampled logits
-    t = jax.lax.dynamic_slice(target, (e, j * rows, 0), (1, rows, width * c))[0].astype(jnp.float32)
+    phase = offsets[e, 0]
+    m, start = blocks[phase, j], starts[phase, j]
+    band_in = jax.lax.dynamic_slice(x_up, (e, start, 0), (1, band, cols))[0]
+    x = m @ band_in  # (rows, cols): these (sampled) rows of the upsampled logits
+    t = jax.lax.dynamic_slice(target, (e, j * rows, 0), (1, rows, cols))[0].astype(jnp.float32)
     exp_neg = jnp.exp(-jnp.abs(x))
     total = total + jnp.sum(_sigmoid_xent(x, t, exp_neg))
     g = jnp.where(x >= 0, 1.0, exp_neg) / (1.0 + exp_neg) - t  # sigmoid(x) - t
-    old = jax.lax.dynamic_slice(grad, (e, starts[j], 0), (1, band, width * c))
-    return total, jax.lax.dynamic_update_slice(grad, old + (m.T @ g)[None], (e, starts[j], 0))
+    old = jax.lax.dynamic_slice(grad, (e, start, 0), (1, band, cols))
+    return total, jax.lax.dynamic_update_slice(grad, old + (m.T @ g)[None], (e, start, 0))
 
   total, grad = jax.lax.fori_loop(0, b * per_example, block, (jnp.float32(0), jnp.zeros_like(x_up)))
-  _, x_vjp = jax.vjp(lambda z: lerp_axis(z, 2, width), logits)
-  (grad,) = x_vjp(grad.reshape(b, h, width, c) / n)
+  (grad,) = x_vjp(grad / n)
   return total / n, grad
 
 
-def _upsampled_xent_bwd(factor, rows, grad, ct):
-  del factor, rows
-  return ct * grad, None
+def _upsampled_xent_bwd(factor, rows, stride, grad, ct):
+  del factor, rows, stride
+  return ct * grad, None, None
 
 
 _upsampled_xent.defvjp(_upsampled_xent_fwd, _upsampled_xent_bwd)

@@ -4,7 +4,8 @@ Every network takes (B, H, W, C) float images (192x192 in the paper) and returns
 input resolution whatever the compute dtype: volume logits (B, H, W, 200) with the 200 channels being the
 z axis (our volume layout (y, x, z)), and 68 landmark heatmaps (B, H, W, 68).
 
-Resolution choices. The stem quarters the resolution (192 -> 48) and the hourglasses work at 48x48; the
+Resolution choices. The stem quarters the resolution (192 -> 48) and the hourglasses work at 48x48 (the
+paper's stem, `Stem`; or `PatchifyStem`, cheaper on a CPU, the small default config's); the
 head regresses at 48x48 and upsamples x4 bilinearly with align_corners=True (the release). Heatmaps take
 the same route: regressed at 48x48, upsampled to 192x192. We chose full resolution for heatmaps because
 the paper's guidance heatmaps are sigma = 1 px Gaussians *at 192* stacked with the RGB input: at 48x48
@@ -24,7 +25,7 @@ from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, con
 
 VOLUME_DEPTH = 200
 NUM_LANDMARKS = 68
-OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool; the head undoes it with a x4 bilinear upsample
+OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool (or 4x4 patches); the head's x4 bilinear upsample
 
 
 class Stem(nn.Module):
@@ -45,6 +46,39 @@ class Stem(nn.Module):
     x = max_pool2(x)
     x = Residual(self.features // 2, self.conv, self.norm, name="res_1")(x)
     return Residual(self.features, self.conv, self.norm, name="res_2")(x)
+
+
+class PatchifyStem(nn.Module):
+  """A cheaper stem for small CPU models: 4x4 space-to-depth, conv1x1 (48 -> f/2) BN ReLU, Res(f/2),
+  Res(f): (B, H, W, 3) -> (B, H/4, W/4, f), the same output grid as `Stem`.
+
+  Not the paper's: `Stem` runs a 7x7 convolution and a residual module at half resolution (96x96) on
+  16-32 channels, which a CPU runs far below its matmul rate. Here every layer is at the hourglass's
+  48x48 and the first is one GEMM over the 4x4 patches (a stride-4 4x4 convolution).
+  """
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    s = OUTPUT_STRIDE
+    x = x.reshape(b, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // s, w // s,
+                                                                                 s * s * c)
+    x = self.conv(self.features // 2, (1, 1), padding=0, name="conv")(x)
+    x = nn.relu(self.norm(name="bn")(x))
+    x = Residual(self.features // 2, self.conv, self.norm, name="res_0")(x)
+    return Residual(self.features, self.conv, self.norm, name="res_1")(x)
+
+
+STEMS = {"conv7x7": Stem, "patchify": PatchifyStem}
+
+
+def make_stem(kind: str, features: int, conv: ModuleDef, norm: ModuleDef) -> nn.Module:
+  if kind not in STEMS:
+    raise ValueError(f"unknown stem {kind!r}; expected one of {sorted(STEMS)}")
+  return STEMS[kind](features, conv, norm, name="stem")
 
 
 class UpsampledHead(nn.Module):
@@ -92,6 +126,7 @@ class VRN(nn.Module):
   num_hourglasses: int = 2
   depth: int = 4
   topology: str = "standard"
+  stem: str = "conv7x7"
   volume_depth: int = VOLUME_DEPTH
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -107,7 +142,7 @@ class VRN(nn.Module):
     _check_images(images)
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
-    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    x = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
     for i in range(self.num_hourglasses):
       x = x + HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
     return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x, upsample_volume)
@@ -124,6 +159,7 @@ class VRNMultitask(nn.Module):
   num_shared_hourglasses: int = 1
   depth: int = 4
   topology: str = "standard"
+  stem: str = "conv7x7"
   volume_depth: int = VOLUME_DEPTH
   num_landmarks: int = NUM_LANDMARKS
   dtype: Dtype = jnp.float32
@@ -141,7 +177,7 @@ class VRNMultitask(nn.Module):
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
     block = lambda name: HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=name)
-    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    x = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
     for i in range(self.num_shared_hourglasses):
       x = x + block(f"hourglass_{i}")(x)
     v = x + block("volume_hourglass")(x)
@@ -167,6 +203,7 @@ class LandmarkDetector(nn.Module):
   features: int = 256
   num_hourglasses: int = 2
   depth: int = 4
+  stem: str = "conv7x7"
   num_landmarks: int = NUM_LANDMARKS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -178,7 +215,7 @@ class LandmarkDetector(nn.Module):
     _check_images(images)
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
-    x = Stem(self.features, conv, norm, name="stem")(images.astype(self.dtype))
+    x = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
     outputs = []
     for i in range(self.num_hourglasses):
       h = HourglassBlock("standard", self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
@@ -205,6 +242,7 @@ class VRNGuided(nn.Module):
   num_hourglasses: int = 2
   depth: int = 4
   topology: str = "standard"
+  stem: str = "conv7x7"
   num_detector_hourglasses: int = 2
   volume_depth: int = VOLUME_DEPTH
   num_landmarks: int = NUM_LANDMARKS
@@ -226,7 +264,7 @@ class VRNGuided(nn.Module):
       {'volume': (B, H, W, 200) float32 logits,
        'heatmaps': [(B, H, W, 68) float32] one per detector stack}.
     """
-    common = dict(features=self.features, depth=self.depth, dtype=self.dtype,
+    common = dict(features=self.features, depth=self.depth, stem=self.stem, dtype=self.dtype,
                   param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
     detected = LandmarkDetector(num_hourglasses=self.num_detector_hourglasses,
                                 num_landmarks=self.num_landmarks, name="detector", **common)(images, train)
