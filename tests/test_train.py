@@ -186,16 +186,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   assert steps and steps[-1] == bad_step - 1
   _, good = _checkpoint(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(good["params"]))
+  # Between checkpoints the metrics are read a step late: the same step is named, nothing is saved.
+  config.checkpoint_every_steps = 5
+  with pytest.raises(train.NonFiniteLossError, match=rf"non-finite loss at step {bad_step} .*"
+                     r"last good checkpoint \(step 0\)"):
+    train.train_and_evaluate(config, str(tmp_path / "nan_late"))
+  assert not os.path.isdir(os.path.join(tmp_path, "nan_late", "checkpoints", str(bad_step)))
 
 
 def test_another_models_workdir_and_unknown_keys_are_clear_errors(data_dir, tmp_path):
-  from vrn_jax import train
+  from vrn_jax import files, train
 
   workdir = str(tmp_path / "w")
   train.train_and_evaluate(_config(data_dir), workdir)
   r = _run_train(workdir, _overrides(data_dir, **{"model.features": 16}))
   assert r.returncode == 1
   assert "holds checkpoints of another model (features: checkpoint 8 vs config 16)" in r.stderr
+  # A config.json from before the stem field was added means that field's default then, the paper's.
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  del saved["model"]["stem"]
+  json.dump(saved, open(os.path.join(workdir, "config.json"), "w"))
+  with pytest.raises(files.InputError, match="stem: checkpoint 'conv7x7' vs config 'patchify'"):
+    train.check_workdir_model(_config(data_dir), workdir)
   r = _run_train(workdir, ["--config.optim.learning_rte=1"])
   assert r.returncode == 2
   assert "--config.optim.learning_rte: no such config field" in r.stderr
@@ -258,7 +270,8 @@ def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
 
 
 def test_schedules_and_paper_configs():
-  """The paper configs keep the paper's optimisation and augmentation whatever the CPU default uses;
+  """The paper configs keep the paper's stem, loss, optimisation and augmentation whatever the CPU
+  default uses;
   'step' multiplies by decay_factor at each boundary, 'cosine' decays to learning_rate * decay_factor;
   an unknown schedule is an error naming the field."""
   import importlib
@@ -273,6 +286,7 @@ def test_schedules_and_paper_configs():
     assert (c.augment.rotation_deg, c.augment.translation_px, tuple(c.augment.scale_range),
             c.augment.flip_probability, tuple(c.augment.colour_range)) == (
                 45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
+    assert (c.model.stem, c.loss_stride, c.model.features) == ("conv7x7", 1, 256), name
   paper = importlib.import_module("configs.vrn").get_config()
   step = train.learning_rate_schedule(paper, steps_per_epoch=10)
   np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],
@@ -284,3 +298,21 @@ def test_schedules_and_paper_configs():
   default.optim.schedule = "linear"
   with pytest.raises(files.InputError, match="optim.schedule 'linear'"):
     train.learning_rate_schedule(default, 10, 100)
+
+
+def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
+  """The schedule is checked before the dataset: the error names it even where there is no dataset
+  (where run_train.py would otherwise first build one, minutes)."""
+  import importlib
+
+  from vrn_jax import files, train
+
+  config = importlib.import_module("configs.default").get_config("test")
+  config.data.data_dir = str(tmp_path / "no_datasets_here")
+  config.data.build_if_missing = False
+  config.optim.schedule = "cosin"
+  with pytest.raises(files.InputError, match="optim.schedule 'cosin'"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  config.optim.schedule = "cosine"
+  with pytest.raises(files.InputError, match="no built dataset"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))

@@ -2,7 +2,9 @@
 
 `train_and_evaluate(config, workdir)` is what `run_train.py` calls. The step body is a pure function of
 (state, batch, rng) written per replica with one axis name ('batch'), so it moves to `jit(shard_map)`
-unchanged when `jax.pmap` goes.
+unchanged when `jax.pmap` goes. The loss is the paper's per-voxel sigmoid cross-entropy on the whole
+192x192x200 volume (config.loss_stride = 1, the paper configs), or its unbiased estimate on every s-th
+row and column at random offsets (loss_stride = s, the CPU default: the targets are decoded only there).
 """
 
 from __future__ import annotations
@@ -47,18 +49,24 @@ def create_model(config: ml_collections.ConfigDict, axis_name: str | None = AXIS
   return models.get_model(config.model, bn_axis_name=axis_name)
 
 
+def schedule_kind(config) -> str:
+  """config.optim.schedule, checked: 'step' or 'cosine' (InputError otherwise)."""
+  # .get: configs saved before these fields existed (an older workdir's config.json) mean the defaults.
+  kind = config.optim.get("schedule", "step")
+  if kind not in ("step", "cosine"):
+    raise InputError(f"config optim.schedule {kind!r}: expected 'step' or 'cosine'.")
+  return kind
+
+
 def learning_rate_schedule(config, steps_per_epoch: int, num_steps: int | None = None):
   """optim.schedule 'step' (the paper's: x decay_factor after each of decay_epochs) or 'cosine' (from
   learning_rate down to learning_rate * decay_factor over the run's num_steps)."""
-  # .get: configs saved before these fields existed (an older workdir's config.json) mean the defaults.
-  kind = config.optim.get("schedule", "step")
+  kind = schedule_kind(config)
   if kind == "cosine":
     if not num_steps:
       raise ValueError("the cosine schedule needs the run's number of steps")
     return optax.cosine_decay_schedule(config.optim.learning_rate, num_steps,
                                        alpha=config.optim.decay_factor)
-  if kind != "step":
-    raise InputError(f"config optim.schedule {kind!r}: expected 'step' or 'cosine'.")
   boundaries = {int(round(e * steps_per_epoch)): config.optim.decay_factor
                 for e in config.optim.decay_epochs}
   return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
@@ -93,17 +101,39 @@ def _example_keys(rng: jax.Array, step: jax.Array, per_device: int) -> jax.Array
   return jax.vmap(lambda i: jax.random.fold_in(base, first + i))(jnp.arange(per_device))
 
 
+def loss_stride(config) -> int:
+  """config.loss_stride (1 when absent: configs saved before it existed), checked."""
+  stride = config.get("loss_stride", 1)
+  if stride not in (1, 2, 4):
+    raise InputError(f"config loss_stride {stride!r}: expected 1 (every voxel), 2 or 4.")
+  return stride
+
+
 def _targets(config, batch, keys, train: bool):
+  """(images, targets, landmarks, offsets): targets (B, 192, 192, 200), or in training with loss_stride
+  s > 1 (B, 192/s, 192/s, 200), each example's rows oy + s * i and columns ox + s * j for its `offsets`
+  (B, 2) (oy, ox), drawn uniformly from [0, s)^2 (None with s = 1)."""
   cfg = augment.AugmentConfig(
       rotation_deg=config.augment.rotation_deg, translation_px=config.augment.translation_px,
       scale_range=tuple(config.augment.scale_range),
       flip_probability=config.augment.flip_probability,
       colour_range=tuple(config.augment.colour_range)) if config.augment.enabled else None
-  return jax.vmap(lambda k, e: augment.augment_example(k, e, cfg, train))(keys, batch)
+  stride = loss_stride(config) if train else 1
+  if stride == 1:
+    return (*jax.vmap(lambda k, e: augment.augment_example(k, e, cfg, train))(keys, batch), None)
+
+  def one(k, e):
+    offsets = jax.random.randint(jax.random.fold_in(k, 1), (2,), 0, stride)
+    grid = jnp.arange(0, e["image"].shape[0], stride)
+    return (*augment.augment_example(k, e, cfg, train, rows=offsets[0] + grid, cols=offsets[1] + grid),
+            offsets)
+
+  return jax.vmap(one)(keys, batch)
 
 
-def _loss(config, model, variables, images, targets, landmarks, train: bool):
-  """Total loss and the volume logits, for any variant; returns (loss, (logits, aux, new_state))."""
+def _loss(config, model, variables, images, targets, landmarks, train: bool, offsets=None):
+  """Total loss and the volume logits, for any variant; returns (loss, (logits, aux, new_state)).
+  offsets: where `targets` were sampled (see `_targets`), or None for whole volumes."""
   variant = config.model.variant
   mutable = ["batch_stats"] if train else False
   kwargs = {}
@@ -119,8 +149,12 @@ def _loss(config, model, variables, images, targets, landmarks, train: bool):
                     **kwargs)
   out, new_state = out if train else (out, {})
   logits = out["volume"] if isinstance(out, dict) else out
-  loss = (models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE) if train
-          else models.volume_loss(logits, targets))
+  if train:
+    stride = 1 if offsets is None else loss_stride(config)
+    loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
+                                        offsets=offsets)
+  else:
+    loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
   if heatmaps is not None:
     hm_loss = models.heatmap_loss(out["heatmaps"], heatmaps)
@@ -132,12 +166,12 @@ def _loss(config, model, variables, images, targets, landmarks, train: bool):
 def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax.Array):
   """One step on one replica's share of the global batch (inside pmap over AXIS)."""
   per_device = batch["image"].shape[0]
-  images, targets, landmarks = _targets(config, batch, _example_keys(rng, state.step, per_device),
-                                        train=True)
+  images, targets, landmarks, offsets = _targets(config, batch,
+                                                 _example_keys(rng, state.step, per_device), train=True)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    return _loss(config, model, variables, images, targets, landmarks, train=True)
+    return _loss(config, model, variables, images, targets, landmarks, train=True, offsets=offsets)
 
   (loss, (_, aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
@@ -152,7 +186,7 @@ def eval_step(config, model, state: TrainState, batch: dict):
   """Per-example volume IoU (prediction p > 0.5) and loss, no augmentation."""
   keys = jnp.zeros((batch["image"].shape[0], 2), jnp.uint32)
   keys = jax.vmap(jax.random.wrap_key_data)(keys)
-  images, targets, landmarks = _targets(config, batch, keys, train=False)
+  images, targets, landmarks, _ = _targets(config, batch, keys, train=False)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   loss, (logits, _, _) = _loss(config, model, variables, images, targets, landmarks, train=False)
   pred = logits > 0.0
@@ -187,7 +221,8 @@ def check_workdir_model(config, workdir: str) -> None:
   if not os.path.isfile(path):
     return
   with open(path, encoding="utf-8") as f:
-    saved = json.load(f).get("model", {})
+    # A field the saved config predates had its default value then (e.g. stem: 'conv7x7').
+    saved = {**models.default_model_config().to_dict(), **json.load(f).get("model", {})}
   current = json.loads(config.model.to_json_best_effort())
   differ = {k: (saved.get(k), current.get(k)) for k in current if k != "dtype"
             and saved.get(k) != current.get(k)}
@@ -224,6 +259,21 @@ def ensure_dataset(config, name: str, split: str) -> None:
   Builder(config=name, data_dir=os.path.expanduser(config.data.data_dir)).download_and_prepare()
 
 
+def replicate(tree):
+  """One copy of `tree` per local device, laid out as `jax.pmap(..., axis_name=AXIS)` lays out its
+  outputs, so that the step that takes the initial state and every later one share one compilation.
+
+  (flax's `jax_utils.replicate` names its mesh axis differently; pmap then sees a new input sharding at
+  the second step and compiles the whole training step again: ~30 s of a 15-minute CPU run.)
+  """
+  if jax.process_count() > 1:
+    return jax_utils.replicate(tree)
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.device_put(jax_utils.replicate(tree), sharding)
+
+
 def _unreplicate(tree):
   """The first replica's copy, on the host."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
@@ -256,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   check_workdir_model(config, workdir)
+  schedule_kind(config)  # a mistyped schedule is reported now, not after a dataset build
 
   ensure_dataset(config, config.data.config, config.data.train_split)
   train_source = pipeline.data_source(config.data.data_dir, config.data.config, config.data.train_split)
@@ -282,8 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_train_step = jax.pmap(functools.partial(train_step, config, model, schedule), axis_name=AXIS,
                           donate_argnums=(0,))
   p_eval_step = jax.pmap(functools.partial(eval_step, config, model), axis_name=AXIS)
-  state_repl = jax_utils.replicate(state)
-  step_rngs = jax_utils.replicate(step_rng)
+  state_repl = replicate(state)
+  step_rngs = replicate(step_rng)
   batches = pipeline.device_batches(train_source, global_batch_size=config.global_batch_size,
                                     seed=config.seed, num_threads=config.data.num_threads,
                                     start_batch=start_step)
@@ -292,34 +343,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "%d.", config.model.variant, config.model.topology, config.model.features, num_steps,
                steps_per_epoch, devices, start_step)
   last_good = start_step
-  t0, examples_since, t_since = time.time(), 0, time.time()
+  t0, t_since, done_since = time.time(), time.time(), start_step
+
+  def finish(done: int, metrics) -> None:
+    """Step `done`'s metrics on the host: the NaN check, and the log line when it is a log step."""
+    nonlocal t_since, done_since
+    m = _unreplicate(metrics)
+    if not all(np.isfinite(float(v)) for v in m.values()):
+      raise NonFiniteLossError(
+          f"non-finite loss at step {done} ({ {k: float(v) for k, v in m.items()} }); training "
+          f"stopped; the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints.")
+    if done % config.log_every_steps == 0 or done == num_steps:
+      now = time.time()
+      rate = (done - done_since) * config.global_batch_size / max(now - t_since, 1e-9)
+      eta = (num_steps - done) * config.global_batch_size / max(rate, 1e-9)
+      record = {"step": done, **{k: float(v) for k, v in m.items()}, "examples_per_s": rate,
+                "eta_s": eta, "elapsed_s": now - t0}
+      logging.info("step %d/%d  loss %.5f  lr %.2e  %.1f examples/s  ETA %s", done, num_steps,
+                   record["loss"], record["learning_rate"], rate, _hms(eta))
+      if jax.process_index() == 0:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps(record) + "\n")
+      t_since, done_since = now, done
+
+  pending = None  # (step, metrics) not yet looked at on the host
   try:
     for step in range(start_step, num_steps):
       state_repl, metrics = p_train_step(state_repl, next(batches), step_rngs)
-      examples_since += config.global_batch_size
       done = step + 1
-      # One scalar per step crosses to the host: a NaN is caught at the step it happens, before any
-      # checkpoint of the broken state can be written (host reading runs in its own thread meanwhile).
-      m = _unreplicate(metrics)
-      if not all(np.isfinite(float(v)) for v in m.values()):
-        raise NonFiniteLossError(
-            f"non-finite loss at step {done} ({ {k: float(v) for k, v in m.items()} }); training "
-            f"stopped; the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints.")
-      if done % config.log_every_steps == 0 or done == num_steps:
-        now = time.time()
-        rate = examples_since / max(now - t_since, 1e-9)
-        eta = (num_steps - done) * config.global_batch_size / max(rate, 1e-9)
-        record = {"step": done, **{k: float(v) for k, v in m.items()}, "examples_per_s": rate,
-                  "eta_s": eta, "elapsed_s": now - t0}
-        logging.info("step %d/%d  loss %.5f  lr %.2e  %.1f examples/s  ETA %s", done, num_steps,
-                     record["loss"], record["learning_rate"], rate, _hms(eta))
-        if jax.process_index() == 0:
-          with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        examples_since, t_since = 0, time.time()
+      # Each step's metrics are read on the host while the next step runs (reading them at once would
+      # leave the cores idle between steps), so a NaN stops training one step after it appears. A
+      # checkpoint step is read at once: no broken state is ever saved.
+      if pending is not None:
+        finish(*pending)
+      pending = (done, metrics)
       if done % config.checkpoint_every_steps == 0 or done == num_steps:
         import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
+        finish(*pending)
+        pending = None
         manager.save(done, args=ocp.args.StandardSave(_state_dict(_unreplicate(state_repl))))
         last_good = done
   finally:
