@@ -301,8 +301,8 @@ def test_schedules_and_paper_configs():
 
 
 def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
-  """The schedule is checked before the dataset: the error names it even where there is no dataset
-  (where run_train.py would otherwise first build one, minutes)."""
+  """The schedule and the loss stride are checked before the dataset: the error names them even where
+  there is no dataset (where run_train.py would otherwise first build one, minutes)."""
   import importlib
 
   from vrn_jax import files, train
@@ -314,5 +314,9 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   with pytest.raises(files.InputError, match="optim.schedule 'cosin'"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   config.optim.schedule = "cosine"
+  config.loss_stride = 3
+  with pytest.raises(files.InputError, match="loss_stride 3: expected 1"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  config.loss_stride = 2
   with pytest.raises(files.InputError, match="no built dataset"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

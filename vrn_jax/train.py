@@ -306,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   check_workdir_model(config, workdir)
-  schedule_kind(config)  # a mistyped schedule is reported now, not after a dataset build
+  schedule_kind(config)  # mistyped fields are reported now, not after a dataset build
+  loss_stride(config)
 
   ensure_dataset(config, config.data.config, config.data.train_split)
   train_source = pipeline.data_source(config.data.data_dir, config.data.config, config.data.train_split)
