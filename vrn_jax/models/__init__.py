@@ -23,7 +23,7 @@ from vrn_jax.models.hourglass import TOPOLOGIES, HourglassBlock, StandardLevel
 from vrn_jax.models.layers import Residual, count_parameters, upsample_bilinear
 from vrn_jax.models.losses import heatmap_loss, upsampled_volume_loss, volume_loss
 from vrn_jax.models.release import ParamTarget, ReleaseLevel, release_param_paths
-from vrn_jax.models.vrn import OUTPUT_STRIDE, VRN, LandmarkDetector, VRNGuided, VRNMultitask
+from vrn_jax.models.vrn import OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector, VRNGuided, VRNMultitask
 
 VARIANTS = ("vrn", "vrn_multitask", "vrn_guided")
 
@@ -80,6 +80,8 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
   fields.update(given)
   if fields["topology"] not in TOPOLOGIES:
     raise ValueError(f"model topology {fields['topology']!r}: expected one of {TOPOLOGIES}")
+  if fields["stem"] not in STEMS:
+    raise ValueError(f"model stem {fields['stem']!r}: expected one of {sorted(STEMS)}")
   if fields["features"] % 4:
     raise ValueError(f"model features must be divisible by 4 (the stem uses f/4 and f/2), "
                      f"got {fields['features']}")

@@ -55,8 +55,8 @@ def upsampled_volume_loss(logits: jax.Array, target: jax.Array, factor: int = 4,
       the upsampled volume's rows oy + stride * i and columns ox + stride * j. No gradient flows to it.
     factor: the upsample factor (4, the VRN head's).
     rows_per_block: (sampled) output rows per block; None picks 8 (or the largest divisor of the row
-      count below it) on a CPU (blocks that stay in cache)
-      and all of them elsewhere (one block per example: accelerators prefer few large kernels).
+      count below it) on a CPU (blocks that stay in cache) and all of them elsewhere (one block per
+      example: accelerators prefer few large kernels).
     stride: 1 (every voxel, the paper's loss) or the sampling step along y and x.
     offsets: (B, 2) int (oy, ox) in [0, stride); required when stride > 1.
   Returns:
