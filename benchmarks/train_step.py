@@ -2,7 +2,8 @@
 
 Sizes: 'paper' (configs/vrn.py: two standard hourglasses of 256 features, depth 4) and 'reduced'
 (configs/default.py's hourglasses, 64 features, depth 4, with the paper's stem); both output the full
-192x192x200 volume and take the loss on all of it. 'tiny' (configs/default.py:test, 8 features, depth 2) is for the tests (`--tiny`).
+192x192x200 volume and take the loss on all of it. 'tiny' (configs/default.py:test, 8 features, depth 2)
+is for the tests (`--tiny`).
 
 Rows per size, in examples/s:
 - ours, train_step: `vrn_jax.train.train_step` under `jax.pmap` exactly as run_train.py runs it:
@@ -154,8 +155,8 @@ def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measure
   config.global_batch_size = plan.batch
   schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
   tx = train.create_optimizer(config, schedule)
-  state = jax_utils.replicate(train.create_train_state(config, jax.random.key(0), tx))
-  rngs = jax_utils.replicate(jax.random.key(1))
+  state = train.replicate(train.create_train_state(config, jax.random.key(0), tx))
+  rngs = train.replicate(jax.random.key(1))
   batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
   p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
                     axis_name=train.AXIS, donate_argnums=(0,))
