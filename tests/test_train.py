@@ -316,7 +316,8 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   config.optim.schedule = "cosine"
   config.loss_stride = 3
   with pytest.raises(files.InputError, match="loss_stride 3: expected 1"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    train.train_and_evaluate(config, str(tmp_path / "w3"))
+  assert not os.path.exists(tmp_path / "w3")  # nothing written
   config.loss_stride = 2
   with pytest.raises(files.InputError, match="no built dataset"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

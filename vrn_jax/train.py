@@ -303,11 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates held-out IoU."""
   if config.distributed:
     jax.distributed.initialize()
+  # Config fields are checked first: a mistyped one is reported before a dataset build and before
+  # anything is written.
+  schedule_kind(config)
+  loss_stride(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   check_workdir_model(config, workdir)
-  schedule_kind(config)  # mistyped fields are reported now, not after a dataset build
-  loss_stride(config)
 
   ensure_dataset(config, config.data.config, config.data.train_split)
   train_source = pipeline.data_source(config.data.data_dir, config.data.config, config.data.train_split)
