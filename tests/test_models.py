@@ -292,6 +292,31 @@ def test_patchify_stem_is_a_stride_4_convolution():
     get_model(stem="resnet", **SMALL)
 
 
+def test_body_stride_runs_the_hourglasses_at_half_resolution():
+  """body_stride 2 (the CPU default's): the hourglasses see 24x24, the head still 48x48 plus the stem's
+  features through the merge module; the output volume is unchanged in size. Misuse is an error."""
+  images = _images(batch=2)
+  model = get_model(stem="patchify", body_stride=2, **SMALL)
+  variables = model.init(jax.random.key(0), images[:1])
+  out, state = model.apply(variables, images, upsample_volume=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+  assert out.shape == (2, 48, 48, 200) and np.isfinite(np.asarray(out)).all()
+  inter = state["intermediates"]
+  assert inter["stem"]["__call__"][0].shape == (2, 48, 48, SMALL["features"])
+  assert inter["hourglass_1"]["__call__"][0].shape == (2, 24, 24, SMALL["features"])
+  assert inter["merge"]["__call__"][0].shape == (2, 48, 48, SMALL["features"])
+  assert model.apply(variables, images).shape == (2, 192, 192, 200)
+  # The stem's features reach the head through the merge, not only through the hourglasses.
+  plain = get_model(stem="patchify", **SMALL).init(jax.random.key(0), images[:1])
+  assert "merge" in variables["params"] and "merge" not in plain["params"]
+  with pytest.raises(ValueError, match="body_stride 3"):
+    get_model(body_stride=3, **SMALL)
+  with pytest.raises(ValueError, match="variant 'vrn' only"):
+    get_model(variant="vrn_multitask", body_stride=2, **SMALL)
+  with pytest.raises(ValueError, match="hourglass depth is too large"):
+    get_model(stem="patchify", body_stride=2, features=16, depth=4).init(jax.random.key(0), images[:1])
+
+
 def test_get_model_config():
   config = models.default_model_config()
   config.variant, config.features, config.depth = "vrn_multitask", 16, 2

@@ -41,6 +41,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       variant="vrn",                 # 'vrn' | 'vrn_multitask' | 'vrn_guided'
       topology="standard",           # 'standard' (Newell, the paper) | 'release' (the released weights)
       stem="conv7x7",                # 'conv7x7' (the paper's and release's) | 'patchify' (cheap, CPU)
+      body_stride=1,                 # VRN: 1 (paper) hourglasses at the stem's 48x48; 2 at 24x24
       features=256,                  # residual-module width
       num_hourglasses=2,             # VRN stack; VRN-Guided's volume network
       depth=4,                       # hourglass recursion depth
@@ -82,6 +83,12 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
     raise ValueError(f"model topology {fields['topology']!r}: expected one of {TOPOLOGIES}")
   if fields["stem"] not in STEMS:
     raise ValueError(f"model stem {fields['stem']!r}: expected one of {sorted(STEMS)}")
+  if fields["body_stride"] not in (1, 2):
+    raise ValueError(f"model body_stride {fields['body_stride']!r}: expected 1 (hourglasses at the stem's "
+                     "resolution) or 2 (at half of it)")
+  if fields["body_stride"] != 1 and fields["variant"] != "vrn":
+    raise ValueError(f"model body_stride {fields['body_stride']} is for variant 'vrn' only "
+                     f"(got {fields['variant']!r}); use body_stride 1")
   if fields["features"] % 4:
     raise ValueError(f"model features must be divisible by 4 (the stem uses f/4 and f/2), "
                      f"got {fields['features']}")
@@ -91,7 +98,7 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
                 param_dtype=jnp.float32, bn_axis_name=fields["bn_axis_name"])
   variant = fields["variant"]
   if variant == "vrn":
-    return VRN(num_hourglasses=fields["num_hourglasses"], **common)
+    return VRN(num_hourglasses=fields["num_hourglasses"], body_stride=fields["body_stride"], **common)
   if variant == "vrn_multitask":
     return VRNMultitask(num_shared_hourglasses=fields["num_shared_hourglasses"],
                         num_landmarks=fields["num_landmarks"], **common)

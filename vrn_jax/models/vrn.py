@@ -6,7 +6,8 @@ z axis (our volume layout (y, x, z)), and 68 landmark heatmaps (B, H, W, 68).
 
 Resolution choices. The stem quarters the resolution (192 -> 48) and the hourglasses work at 48x48 (the
 paper's stem, `Stem`; or `PatchifyStem`, cheaper on a CPU, the small default config's); the
-head regresses at 48x48 and upsamples x4 bilinearly with align_corners=True (the release). Heatmaps take
+head regresses at 48x48 and upsamples x4 bilinearly with align_corners=True (the release). (The small
+CPU config runs VRN's hourglasses at 24x24, `VRN.body_stride`; the head stays at 48x48.) Heatmaps take
 the same route: regressed at 48x48, upsampled to 192x192. We chose full resolution for heatmaps because
 the paper's guidance heatmaps are sigma = 1 px Gaussians *at 192* stacked with the RGB input: at 48x48
 they would be a quarter-pixel wide, i.e. not representable, and the detector's output can be fed to the
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from vrn_jax.models.hourglass import HourglassBlock
 from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, conv_factory, max_pool2,
-                                   norm_factory, upsample_bilinear)
+                                   norm_factory, upsample_bilinear, upsample_nearest2)
 
 VOLUME_DEPTH = 200
 NUM_LANDMARKS = 68
@@ -118,6 +119,10 @@ class VRN(nn.Module):
     num_hourglasses: stacked hourglass blocks (2 in the paper).
     depth: hourglass recursion depth (4).
     topology: 'standard' (Newell, the paper's description) or 'release' (the released weights').
+    stem: 'conv7x7' (the paper's) or 'patchify' (`PatchifyStem`).
+    body_stride: 1 (the paper's) runs the hourglasses on the stem's 48x48 output; 2 (cheap, CPU) runs
+      them at 24x24 (maxpool), then adds their nearest-upsampled output to the stem's and merges the sum
+      with one residual module at 48x48 before the head. The hourglass depth must then be <= 3.
     volume_depth: output channels = z samples (200).
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
     bn_axis_name: axis name for cross-replica BatchNorm statistics, or None for per-replica ones.
@@ -127,6 +132,7 @@ class VRN(nn.Module):
   depth: int = 4
   topology: str = "standard"
   stem: str = "conv7x7"
+  body_stride: int = 1
   volume_depth: int = VOLUME_DEPTH
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -140,11 +146,16 @@ class VRN(nn.Module):
     for `models.upsampled_volume_loss` (training never materialises the full-size volume).
     """
     _check_images(images)
+    if self.body_stride not in (1, 2):
+      raise ValueError(f"VRN body_stride {self.body_stride!r}: expected 1 or 2")
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
-    x = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
+    stem = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
+    x = stem if self.body_stride == 1 else max_pool2(stem)
     for i in range(self.num_hourglasses):
       x = x + HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
+    if self.body_stride == 2:
+      x = Residual(self.features, conv, norm, name="merge")(stem + upsample_nearest2(x))
     return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x, upsample_volume)
 
 
