@@ -88,10 +88,13 @@ def size_config(size: str):
   if size == "paper":
     return vrn.get_config()
   config = default.get_config("test" if size == "tiny" else None)
-  # Side by side with PyTorch on the same network and loss: the default's hourglasses with the paper's
-  # stem and the loss on every voxel (the CPU default trains with the patchify stem and loss_stride 4;
+  # Side by side with PyTorch on the same network and loss: the default's width with the paper's stem,
+  # hourglasses at 48x48 (depth 4 at the reduced size) and the loss on every voxel, no weight average
+  # (the CPU default trains with the patchify stem, hourglasses at 24x24, loss_stride 4 and an average;
   # its own training speed is the main job's, in the README).
-  config.model.stem, config.loss_stride = "conv7x7", 1
+  config.model.stem, config.model.body_stride, config.loss_stride, config.ema_decay = "conv7x7", 1, 1, 0.0
+  if size == "reduced":
+    config.model.depth = 4
   return config
 
 

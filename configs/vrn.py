@@ -11,7 +11,9 @@ def get_config(arg: str | None = None):
   config.model.depth = 4
   config.model.topology = "release" if arg == "release" else "standard"
   config.model.stem = "conv7x7"  # the paper's and the release's stem (the CPU default's is cheaper)
+  config.model.body_stride = 1   # hourglasses at 48x48 (the CPU default runs them at 24x24)
   config.loss_stride = 1         # the loss on every voxel of every example, as in the paper
+  config.ema_decay = 0.0         # the paper evaluates the trained weights themselves
   # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
   config.optim.learning_rate = 1e-4
   config.optim.schedule = "step"

@@ -171,6 +171,33 @@ def test_resume_is_exact(data_dir, tmp_path):
   _assert_trees_close(b["opt_state"], a["opt_state"], 1e-6)
 
 
+def test_moving_average_of_the_weights(data_dir, tmp_path):
+  """ema_decay > 0: after each step ema = d ema + (1 - d) params, d = min(decay, (1 + t) / (10 + t)); it
+  is saved, evaluated and restored by run_eval. A run that turns it on resumes from a checkpoint without
+  one: the average starts from the restored weights."""
+  from vrn_jax import evaluate, train
+
+  workdir = str(tmp_path / "ema")
+  train.train_and_evaluate(_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+                                   ema_decay=0.0), workdir)
+  _, two = _checkpoint(workdir, 2)
+  assert "ema_params" not in two
+  config = _config(data_dir, num_train_steps=3, checkpoint_every_steps=1, ema_decay=0.9)
+  train.train_and_evaluate(config, workdir)
+  _, three = _checkpoint(workdir, 3)
+  d = min(0.9, 3 / 12)  # the update of step t = 2 -> 3 (state.step 2)
+  expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, two["params"], three["params"])
+  _assert_trees_close(three["ema_params"], expected, 1e-6)
+  assert _relative(three["ema_params"], three["params"]) > 1e-3  # an average, not the weights
+  variables, step = evaluate.restore_variables(config, workdir)
+  assert step == 3
+  _assert_trees_close(variables["params"], three["ema_params"], 0.0)
+  state = train.TrainState(step=3, apply_fn=None, params=three["params"], tx=None, opt_state=None,
+                           batch_stats=three["batch_stats"], ema_params=three["ema_params"])
+  assert train.eval_params(state) is state.ema_params
+  assert train.eval_params(state.replace(ema_params=None)) is state.params
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   from vrn_jax import train
 
@@ -286,7 +313,8 @@ def test_schedules_and_paper_configs():
     assert (c.augment.rotation_deg, c.augment.translation_px, tuple(c.augment.scale_range),
             c.augment.flip_probability, tuple(c.augment.colour_range)) == (
                 45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
-    assert (c.model.stem, c.loss_stride, c.model.features) == ("conv7x7", 1, 256), name
+    assert (c.model.stem, c.model.body_stride, c.model.depth, c.loss_stride, c.model.features,
+            c.ema_decay) == ("conv7x7", 1, 4, 1, 256, 0.0), name
   paper = importlib.import_module("configs.vrn").get_config()
   step = train.learning_rate_schedule(paper, steps_per_epoch=10)
   np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],
@@ -301,8 +329,8 @@ def test_schedules_and_paper_configs():
 
 
 def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
-  """The schedule and the loss stride are checked before the dataset: the error names them even where
-  there is no dataset (where run_train.py would otherwise first build one, minutes)."""
+  """The schedule, the loss stride and the average's decay are checked before the dataset: the error
+  names them even where there is no dataset (where run_train.py would otherwise first build one)."""
   import importlib
 
   from vrn_jax import files, train
@@ -319,5 +347,10 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "w3"))
   assert not os.path.exists(tmp_path / "w3")  # nothing written
   config.loss_stride = 2
+  config.ema_decay = 1.0
+  with pytest.raises(files.InputError, match="ema_decay 1.0: expected 0"):
+    train.train_and_evaluate(config, str(tmp_path / "w4"))
+  assert not os.path.exists(tmp_path / "w4")
+  config.ema_decay = 0.9
   with pytest.raises(files.InputError, match="no built dataset"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

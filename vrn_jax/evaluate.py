@@ -124,9 +124,9 @@ def restore_variables(config, workdir: str, step: int | None = None) -> tuple[di
   """{'params', 'batch_stats'} of checkpoint `step` (default: the latest) in `workdir/checkpoints`, as
   NumPy arrays, checked against the model of `config`.
 
-  Any Orbax checkpoint in train.py's layout ({'step', 'params', 'batch_stats', 'opt_state'}) is accepted;
-  only params and batch_stats are used. Restored without the saved device layout, so a checkpoint written
-  on accelerators restores on a CPU.
+  Any Orbax checkpoint in train.py's layout ({'step', 'params', 'batch_stats', 'opt_state'}, optionally
+  'ema_params') is accepted; only params (the moving average when saved) and batch_stats are used.
+  Restored without the saved device layout, so a checkpoint written on accelerators restores on a CPU.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -156,7 +156,9 @@ def restore_variables(config, workdir: str, step: int | None = None) -> tuple[di
     # ShapeDtypeStructs without a sharding restore as NumPy arrays, whatever devices wrote them.
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metadata)
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+  # A run with config.ema_decay > 0 saved a moving average of its weights: that is the model it evaluated.
+  variables = {"params": restored.get("ema_params", restored["params"]),
+               "batch_stats": restored["batch_stats"]}
   return variables, int(step)
 
 

@@ -34,6 +34,9 @@ AXIS = "batch"
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  # Exponential moving average of params (config.ema_decay > 0), or None. Evaluation and run_eval use it
+  # when it is there.
+  ema_params: Any = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,8 +90,22 @@ def create_train_state(config, rng: jax.Array, tx: optax.GradientTransformation)
   model = create_model(config, axis_name=None)
   images = jax.ShapeDtypeStruct((1, 192, 192, 3), jnp.float32)  # RGB crops, every variant
   variables = model.lazy_init(rng, images, train=False)
-  return TrainState.create(apply_fn=None, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+  params = variables["params"]
+  return TrainState.create(apply_fn=None, params=params, batch_stats=variables.get("batch_stats", {}),
+                           tx=tx, ema_params=params if ema_decay(config) else None)
+
+
+def ema_decay(config) -> float:
+  """config.ema_decay (0 when absent: configs saved before it existed), checked: 0 (off) or in (0, 1)."""
+  decay = config.get("ema_decay", 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise InputError(f"config ema_decay {decay!r}: expected 0 (no average) or a decay in (0, 1).")
+  return decay
+
+
+def eval_params(state: TrainState):
+  """The weights evaluation uses: the moving average when the state keeps one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -177,6 +194,12 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
   grads = jax.lax.pmean(grads, AXIS)
   batch_stats = jax.lax.pmean(new_state["batch_stats"], AXIS)
   new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  decay = ema_decay(config)
+  if decay:
+    # The usual warm-up of the decay, (1 + t) / (10 + t): early averages do not drag in the random init.
+    d = jnp.minimum(decay, (1.0 + state.step) / (10.0 + state.step))
+    new = new.replace(ema_params=jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p,
+                                                        state.ema_params, new.params))
   metrics = jax.lax.pmean({"loss": loss, **aux}, AXIS)
   metrics["learning_rate"] = schedule(state.step)
   return new, metrics
@@ -187,7 +210,7 @@ def eval_step(config, model, state: TrainState, batch: dict):
   keys = jnp.zeros((batch["image"].shape[0], 2), jnp.uint32)
   keys = jax.vmap(jax.random.wrap_key_data)(keys)
   images, targets, landmarks, _ = _targets(config, batch, keys, train=False)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = {"params": eval_params(state), "batch_stats": state.batch_stats}
   loss, (logits, _, _) = _loss(config, model, variables, images, targets, landmarks, train=False)
   pred = logits > 0.0
   inter = jnp.sum(pred & targets, axis=(1, 2, 3))
@@ -202,12 +225,17 @@ def checkpoint_manager(workdir: str, keep: int):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+  # The handler named up front, so that item_metadata can read a saved step's tree (restore_latest).
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               item_handlers=ocp.StandardCheckpointHandler(), options=options)
 
 
 def _state_dict(state: TrainState) -> dict:
-  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+  tree = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state}
+  if state.ema_params is not None:
+    tree["ema_params"] = state.ema_params
+  return tree
 
 
 def save_config(config, workdir: str) -> None:
@@ -238,9 +266,21 @@ def restore_latest(manager, state: TrainState) -> TrainState:
   step = manager.latest_step()
   if step is None:
     return state
-  restored = manager.restore(step, args=ocp.args.StandardRestore(_state_dict(state)))
+  target = _state_dict(state)
+  saved_ema = "ema_params" in manager.item_metadata(step)
+  # A run that turns the moving average on (or off) resumes from a checkpoint without (with) one: the
+  # average starts from the restored weights (is dropped).
+  if saved_ema and "ema_params" not in target:
+    target["ema_params"] = state.params
+  elif not saved_ema:
+    target.pop("ema_params", None)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  ema = None
+  if state.ema_params is not None:
+    ema = restored["ema_params"] if saved_ema else restored["params"]
   return state.replace(step=restored["step"], params=restored["params"],
-                       batch_stats=restored["batch_stats"], opt_state=restored["opt_state"])
+                       batch_stats=restored["batch_stats"], opt_state=restored["opt_state"],
+                       ema_params=ema)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -307,6 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # anything is written.
   schedule_kind(config)
   loss_stride(config)
+  ema_decay(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   check_workdir_model(config, workdir)
