@@ -174,7 +174,7 @@ def test_resume_is_exact(data_dir, tmp_path):
 def test_moving_average_of_the_weights(data_dir, tmp_path):
   """ema_decay > 0: after each step ema = d ema + (1 - d) params, d = min(decay, (1 + t) / (10 + t)); it
   is saved, evaluated and restored by run_eval. A run that turns it on resumes from a checkpoint without
-  one: the average starts from the restored weights."""
+  one (the average starts from the restored weights); one that turns it off drops it."""
   from vrn_jax import evaluate, train
 
   workdir = str(tmp_path / "ema")
@@ -196,6 +196,11 @@ def test_moving_average_of_the_weights(data_dir, tmp_path):
                            batch_stats=three["batch_stats"], ema_params=three["ema_params"])
   assert train.eval_params(state) is state.ema_params
   assert train.eval_params(state.replace(ema_params=None)) is state.params
+  # Turned off again: the run resumes from the checkpoint with an average and saves none.
+  train.train_and_evaluate(_config(data_dir, num_train_steps=4, checkpoint_every_steps=1,
+                                   ema_decay=0.0), workdir)
+  step, four = _checkpoint(workdir)
+  assert step == 4 and "ema_params" not in four
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):

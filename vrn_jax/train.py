@@ -266,18 +266,15 @@ def restore_latest(manager, state: TrainState) -> TrainState:
   step = manager.latest_step()
   if step is None:
     return state
+  # The restore target follows what the checkpoint holds: a run that turns the moving average on (off)
+  # resumes from a checkpoint without (with) one; the average then starts from the restored weights (is
+  # dropped).
   target = _state_dict(state)
-  saved_ema = "ema_params" in manager.item_metadata(step)
-  # A run that turns the moving average on (or off) resumes from a checkpoint without (with) one: the
-  # average starts from the restored weights (is dropped).
-  if saved_ema and "ema_params" not in target:
-    target["ema_params"] = state.params
-  elif not saved_ema:
-    target.pop("ema_params", None)
+  target.pop("ema_params", None)
+  if "ema_params" in manager.item_metadata(step):
+    target["ema_params"] = state.params  # the average has the weights' structure
   restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  ema = None
-  if state.ema_params is not None:
-    ema = restored["ema_params"] if saved_ema else restored["params"]
+  ema = None if state.ema_params is None else restored.get("ema_params", restored["params"])
   return state.replace(step=restored["step"], params=restored["params"],
                        batch_stats=restored["batch_stats"], opt_state=restored["opt_state"],
                        ema_params=ema)

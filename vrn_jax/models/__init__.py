@@ -23,7 +23,8 @@ from vrn_jax.models.hourglass import TOPOLOGIES, HourglassBlock, StandardLevel
 from vrn_jax.models.layers import Residual, count_parameters, upsample_bilinear
 from vrn_jax.models.losses import heatmap_loss, upsampled_volume_loss, volume_loss
 from vrn_jax.models.release import ParamTarget, ReleaseLevel, release_param_paths
-from vrn_jax.models.vrn import OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector, VRNGuided, VRNMultitask
+from vrn_jax.models.vrn import (BODY_STRIDES, OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector, VRNGuided,
+                               VRNMultitask)
 
 VARIANTS = ("vrn", "vrn_multitask", "vrn_guided")
 
@@ -83,7 +84,7 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
     raise ValueError(f"model topology {fields['topology']!r}: expected one of {TOPOLOGIES}")
   if fields["stem"] not in STEMS:
     raise ValueError(f"model stem {fields['stem']!r}: expected one of {sorted(STEMS)}")
-  if fields["body_stride"] not in (1, 2):
+  if fields["body_stride"] not in BODY_STRIDES:
     raise ValueError(f"model body_stride {fields['body_stride']!r}: expected 1 (hourglasses at the stem's "
                      "resolution) or 2 (at half of it)")
   if fields["body_stride"] != 1 and fields["variant"] != "vrn":

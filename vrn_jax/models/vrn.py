@@ -27,6 +27,7 @@ from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, con
 VOLUME_DEPTH = 200
 NUM_LANDMARKS = 68
 OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool (or 4x4 patches); the head's x4 bilinear upsample
+BODY_STRIDES = (1, 2)  # VRN.body_stride: hourglasses at the stem's resolution, or at half of it
 
 
 class Stem(nn.Module):
@@ -146,8 +147,8 @@ class VRN(nn.Module):
     for `models.upsampled_volume_loss` (training never materialises the full-size volume).
     """
     _check_images(images)
-    if self.body_stride not in (1, 2):
-      raise ValueError(f"VRN body_stride {self.body_stride!r}: expected 1 or 2")
+    if self.body_stride not in BODY_STRIDES:
+      raise ValueError(f"VRN body_stride {self.body_stride!r}: expected one of {BODY_STRIDES}")
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
     stem = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
