@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import sys
 
 import numpy as np
 
@@ -311,6 +312,9 @@ def size_rows(size: str, plan: Plan, device: str, torch_device: str | None, acce
       result = no_torch
     else:
       result = measure()
+    # As each is measured: a run stopped at a time limit (a lent GPU's) still leaves what it measured.
+    print(f"# {what}: {name}, {dtype}: " + (f"{result.rate:.4g} examples/s" if result.rate is not None
+                                           else f"not measured ({result.why})"), file=sys.stderr, flush=True)
     measured.append((name, dtype, dev, result, mfu_row))
 
   xla = flops.xla_model_flops(True, features=m.features, num_hourglasses=m.num_hourglasses,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 4 and 6 in one call of a lent accelerator machine, each under its own
+# time limit so that one slow compilation cannot take the others' time; most important first.
+#   OUT=DIR bash benchmarks/gpu.sh      (repo root; python3 with JAX, flax, optax, ml_collections, torch)
+# Writes DIR/log.txt (everything printed), DIR/train_run.jsonl (benchmarks/train_run.py, one line per
+# config) and DIR/training.json (benchmarks/run.py --only training, if it finishes in the time left).
+set -u
+OUT=${OUT:-gpu_out}
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-540}  # seconds for the whole script
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
+log=$OUT/log.txt
+
+step() {  # step SECONDS ARGS...: runs "$PY ARGS..." for at most SECONDS (less if the budget is short)
+  local left=$((BUDGET - SECONDS - 5)) limit=$1
+  shift
+  ((left < limit)) && limit=$left
+  if ((limit < 30)); then echo "## skipped (budget spent): $*" | tee -a "$log"; return; fi
+  echo "## $* (limit ${limit} s, at ${SECONDS} s)" | tee -a "$log"
+  timeout "$limit" "$PY" "$@" 2>&1 | grep -v -e "^WARNING: All log messages" -e "^I0000" | tee -a "$log"
+  echo "## exit ${PIPESTATUS[0]} at ${SECONDS} s" | tee -a "$log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
+"$PY" -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], 'jax', jax.__version__,
+  'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$log"
+
+run=benchmarks/train_run.py
+step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl"
+step 150 $run --config=configs/vrn.py --dtype=float32 --steps=300 --json="$OUT/train_run.jsonl"
+step 100 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl"
+step 100 $run --config=configs/vrn_guided.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl"
+# Side by side with PyTorch (issue 6): prints each variant as measured, the table only at the end.
+step 600 benchmarks/run.py --only training --json="$OUT/training.json"
