@@ -53,6 +53,11 @@ def peak_memory() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS (CPU)"
 
 
+def progress(message: str) -> None:
+  """A timestamped line on stderr as each phase ends: a run stopped at a time limit says how far it got."""
+  print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -78,8 +83,13 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
                     axis_name=train.AXIS, donate_argnums=(0,))
   t = time.perf_counter()
-  compiled = p_step.lower(state, device_batch, rngs).compile()
+  lowered = p_step.lower(state, device_batch, rngs)
+  lower_s = time.perf_counter() - t
+  progress(f"batch of {distinct} faces made in {data_s:.1f} s; step traced and lowered in {lower_s:.1f} s")
+  t = time.perf_counter()
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t
+  progress(f"compiled in {compile_s:.1f} s")
 
   chunk_s, losses, done = [], [], 0
   t_all = time.perf_counter()
@@ -92,6 +102,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
     chunk_s.append((k, time.perf_counter() - t))
     losses.append(loss)
     done += k
+    progress(f"step {done}: loss {loss:.4f}, {k * batch / chunk_s[-1][1]:.1f} examples/s")
     if not np.isfinite(loss):
       raise SystemExit(f"step {done}: the loss is {loss}")
   total_s = time.perf_counter() - t_all
@@ -107,7 +118,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
       "distinct_faces": distinct,
       "examples_per_s_median": statistics.median(rates), "examples_per_s_min": min(rates),
       "examples_per_s_all": steps * batch / total_s, "step_ms_median": 1000.0 * batch / statistics.median(rates),
-      "compile_s": compile_s, "data_s": data_s, "peak_bytes": peak, "peak_what": peak_what,
+      "compile_s": compile_s, "lower_s": lower_s, "data_s": data_s, "peak_bytes": peak, "peak_what": peak_what,
       "loss_first_chunk": losses[0], "loss_last_chunk": losses[-1],
       "losses": losses,
   }

@@ -281,6 +281,27 @@ def test_keep_freed_memory_reuses_big_buffers():
   assert faults["1"] < 0.6 and faults["0"] > 0.9, faults
 
 
+def test_keep_freed_memory_only_for_jax_on_the_cpu(monkeypatch):
+  """The malloc settings are for JAX on the CPU: JAX_PLATFORMS decides when set, else an accelerator's
+  device node means JAX runs there (and one arena would serialise its compiler's threads)."""
+  import fnmatch  # pylint: disable=g-import-not-at-top
+
+  from vrn_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+  nodes = []  # the device nodes the fake machine has
+  monkeypatch.setattr(host_memory.glob, "glob", lambda pattern: fnmatch.filter(nodes, pattern))
+  for platforms, present, expected in [("", [], True), ("", ["/dev/nvidia0"], False), ("", ["/dev/accel0"], False),
+                                       ("cpu", ["/dev/nvidia0"], True), ("cuda", [], False),
+                                       ("cuda,cpu", [], False), ("cpu,cuda", ["/dev/nvidia0"], True)]:
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    nodes[:] = present
+    assert host_memory.jax_runs_on_cpu() == expected, (platforms, present)
+  nodes[:] = ["/dev/nvidia0"]
+  monkeypatch.setenv("JAX_PLATFORMS", "")
+  monkeypatch.delenv("VRN_KEEP_FREED_MEMORY", raising=False)
+  assert not host_memory.keep_freed_memory()  # an accelerator: malloc left alone, nothing applied
+
+
 def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
   """The early check both entry points run: a bad override is one line and exit status 2; run_eval's
   overrides need an explicit --config=FILE; good overrides pass."""
