@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 4 and 6 in one call of a lent accelerator machine, each under its own
-# time limit so that one slow compilation cannot take the others' time; most important first.
+# time limit so that one slow compilation cannot take the others' time; most important first. Every
+# phase prints a timestamped line as it ends (the first call, 2026-11-29, had none and every run timed
+# out without saying where: see vrn_jax/host_memory.py).
 #   OUT=DIR bash benchmarks/gpu.sh      (repo root; python3 with JAX, flax, optax, ml_collections, torch)
 # Writes DIR/log.txt (everything printed), DIR/train_run.jsonl (benchmarks/train_run.py, one line per
 # config) and DIR/training.json (benchmarks/run.py --only training, if it finishes in the time left).
@@ -27,6 +29,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
 run=benchmarks/train_run.py
+# First a tiny config (seconds when all is well): shows the stack works there before the big compilations.
+step 90 $run --config=configs/default.py:test --steps=20 --chunk=10 --batch=4 --distinct=2
 step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl"
 step 150 $run --config=configs/vrn.py --dtype=float32 --steps=300 --json="$OUT/train_run.jsonl"
 step 100 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl"
