@@ -6,6 +6,7 @@
 #   OUT=DIR bash benchmarks/gpu.sh      (repo root; python3 with JAX, flax, optax, ml_collections, torch)
 # Writes DIR/log.txt (everything printed), DIR/train_run.jsonl (benchmarks/train_run.py, one line per
 # config) and DIR/training.json (benchmarks/run.py --only training, if it finishes in the time left).
+# DRY=1: the same sequence at a tiny size (a CPU check of the script itself, a few minutes).
 set -u
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
@@ -29,11 +30,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
 run=benchmarks/train_run.py
+size=() tiny=()
+if [[ ${DRY:-0} == 1 ]]; then
+  size=(--set=model.features=8 --set=model.depth=2 --batch=2 --steps=4 --chunk=2 --distinct=2)
+  tiny=(--tiny)
+fi
 # First a tiny config (seconds when all is well): shows the stack works there before the big compilations.
 step 90 $run --config=configs/default.py:test --steps=20 --chunk=10 --batch=4 --distinct=2
-step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl"
-step 150 $run --config=configs/vrn.py --dtype=float32 --steps=300 --json="$OUT/train_run.jsonl"
-step 100 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl"
-step 100 $run --config=configs/vrn_guided.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl"
+step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 150 $run --config=configs/vrn.py --dtype=float32 --steps=300 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 100 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 100 $run --config=configs/vrn_guided.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
 # Side by side with PyTorch (issue 6): prints each variant as measured, the table only at the end.
-step 600 benchmarks/run.py --only training --json="$OUT/training.json"
+step 600 benchmarks/run.py --only training --json="$OUT/training.json" "${tiny[@]}"

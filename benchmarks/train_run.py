@@ -1,7 +1,7 @@
 """A training run at a config's full size on synthetic data: examples/s over hundreds of steps, peak memory.
 
 `python benchmarks/train_run.py --config=configs/vrn.py[:ARG] [--steps=300] [--batch=32]
-[--dtype=float32|bfloat16] [--json=OUT.json]`
+[--dtype=float32|bfloat16] [--set=model.depth=3 ...] [--json=OUT.json]`
 
 What runs is `vrn_jax.train.train_step` under `jax.pmap` over every local device, exactly as
 `run_train.py` runs it: augmentation, the 192x192x200 targets (and heatmaps) made on the device from
@@ -19,6 +19,7 @@ config's alone.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import functools
 import importlib
@@ -39,6 +40,26 @@ def load_config(spec: str):
   if os.path.dirname(os.path.normpath(path)) != "configs" or not os.path.isfile(path):
     raise SystemExit(f"--config={spec}: expected configs/NAME.py[:ARG], one of the files in configs/.")
   return importlib.import_module(f"configs.{name}").get_config(arg or None)
+
+
+def apply_overrides(config, items):
+  """`KEY=VALUE` strings (a dotted field of the config; the value a Python literal, else a string)."""
+  for item in items:
+    key, sep, value = item.partition("=")
+    *path, name = key.split(".")
+    try:
+      parent = functools.reduce(getattr, path, config)
+      current = getattr(parent, name)
+    except AttributeError:
+      raise SystemExit(f"--set={item}: the config has no field {key!r}.") from None
+    if not sep:
+      raise SystemExit(f"--set={item}: expected KEY=VALUE (now {current!r}).")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a string
+    setattr(parent, name, value)
+  return config
 
 
 def peak_memory() -> tuple[float, str]:
@@ -132,6 +153,8 @@ def main() -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--chunk", type=int, default=50, help="steps between waits for the device")
   parser.add_argument("--distinct", type=int, default=16, help="procedural faces in the batch (cycled)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field (a Python literal, else a string), e.g. loss_stride=8")
   parser.add_argument("--json", help="append the result as one JSON line here")
   args = parser.parse_args()
   if args.steps < 1 or args.chunk < 1:
@@ -139,8 +162,9 @@ def main() -> None:
   from vrn_jax import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.keep_freed_memory()  # as run_train.py trains (before JAX starts its threads)
-  r = run(load_config(args.config), args.steps, args.batch, args.dtype, args.chunk, args.distinct)
-  r["config"] = args.config
+  config = apply_overrides(load_config(args.config), args.set)
+  r = run(config, args.steps, args.batch, args.dtype, args.chunk, args.distinct)
+  r["config"], r["overrides"] = args.config, args.set
   print(f"{args.config} {r['model']}, {r['params']:,} params | {r['device']} | batch {r['batch']} "
         f"{r['dtype']} | {r['steps']} steps: {r['examples_per_s_median']:.1f} examples/s median per "
         f"{r['chunk']}-step chunk (slowest {r['examples_per_s_min']:.1f}; all steps "

@@ -115,3 +115,22 @@ def test_end_to_end_pipeline_meshes_what_the_serial_chain_meshes():
   assert stats == expected
   assert all(v > 1000 and f > 1000 for v, f in stats)
   assert pool.blocks == []  # every shared block was unlinked
+
+
+def test_train_run_counts_steps_and_reports_what_it_measured():
+  """benchmarks/train_run.py (the GPU issue-4 run) at the tiny config: every step runs, the rates come
+  from the timed chunks after the first, the loss is finite and falls on a fixed batch, overrides apply
+  and a misspelt field is refused."""
+  from benchmarks import train_run
+
+  config = train_run.apply_overrides(train_run.load_config("configs/default.py:test"),
+                                     ["loss_stride=2", "optim.learning_rate=3e-3", "model.stem=patchify"])
+  assert (config.loss_stride, config.optim.learning_rate, config.model.stem) == (2, 3e-3, "patchify")
+  for bad, says in ((["model.featurs=8"], "no field 'model.featurs'"), (["seed"], "expected KEY=VALUE")):
+    with pytest.raises(SystemExit, match=says):
+      train_run.apply_overrides(config, bad)
+  r = train_run.run(config, steps=5, batch=2, dtype="float32", chunk=2, distinct=2)
+  assert len(r["losses"]) == 3 and r["steps"] == 5  # chunks of 2, 2, 1
+  assert all(np.isfinite(r["losses"])) and r["loss_last_chunk"] < r["loss_first_chunk"], r["losses"]
+  assert 0 < r["examples_per_s_min"] <= r["examples_per_s_median"], r
+  assert r["params"] > 0 and r["peak_bytes"] > 0 and r["compile_s"] > 0, r
