@@ -6,6 +6,19 @@ import os
 # and the other tests' threads made some NumPy-heavy tests 10-25x slower. Set before NumPy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# One persistent XLA compilation cache for the session, inherited by the tests' subprocesses: the
+# training tests run the same small step in several runs (resume, moving average, workdir errors), each
+# of which would otherwise compile it afresh. A new empty folder each session, removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  _cache = tempfile.mkdtemp(prefix="vrn_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest
 
