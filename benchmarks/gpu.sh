@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 run=benchmarks/train_run.py
 size=() tiny=()
 if [[ ${DRY:-0} == 1 ]]; then
-  size=(--set=model.features=8 --set=model.depth=2 --batch=2 --steps=4 --chunk=2 --distinct=2)
+  size=(--config.model.features=8 --config.model.depth=2 --batch=2 --steps=4 --chunk=2 --distinct=2)
   tiny=(--tiny)
 fi
 # First a tiny config (seconds when all is well): shows the stack works there before the big compilations.

@@ -1,7 +1,10 @@
 """A training run at a config's full size on synthetic data: examples/s over hundreds of steps, peak memory.
 
-`python benchmarks/train_run.py --config=configs/vrn.py[:ARG] [--steps=300] [--batch=32]
-[--dtype=float32|bfloat16] [--set=model.depth=3 ...] [--json=OUT.json]`
+`python benchmarks/train_run.py [--config=configs/vrn.py[:ARG]] [--steps=300] [--batch=32]
+[--dtype=float32|bfloat16] [--config.model.depth=3 ...] [--json=OUT.json]`
+
+The config file and its `--config.x=y` overrides are read as `run_train.py` reads them (absl flags,
+ml_collections; a misspelt field is refused with the closest names).
 
 What runs is `vrn_jax.train.train_step` under `jax.pmap` over every local device, exactly as
 `run_train.py` runs it: augmentation, the 192x192x200 targets (and heatmaps) made on the device from
@@ -18,11 +21,8 @@ config's alone.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import datetime
 import functools
-import importlib
 import json
 import os
 import resource
@@ -32,34 +32,23 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-def load_config(spec: str):
-  """`configs/NAME.py[:ARG]` -> that file's get_config(ARG) (the files of configs/ only)."""
-  path, _, arg = spec.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  if os.path.dirname(os.path.normpath(path)) != "configs" or not os.path.isfile(path):
-    raise SystemExit(f"--config={spec}: expected configs/NAME.py[:ARG], one of the files in configs/.")
-  return importlib.import_module(f"configs.{name}").get_config(arg or None)
+DEFAULT_CONFIG = "configs/vrn.py"
+FLAGS = flags.FLAGS
 
 
-def apply_overrides(config, items):
-  """`KEY=VALUE` strings (a dotted field of the config; the value a Python literal, else a string)."""
-  for item in items:
-    key, sep, value = item.partition("=")
-    *path, name = key.split(".")
-    try:
-      parent = functools.reduce(getattr, path, config)
-      current = getattr(parent, name)
-    except AttributeError:
-      raise SystemExit(f"--set={item}: the config has no field {key!r}.") from None
-    if not sep:
-      raise SystemExit(f"--set={item}: expected KEY=VALUE (now {current!r}).")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass  # a string
-    setattr(parent, name, value)
-  return config
+def define_flags() -> None:
+  """The command line (defined only when run as a script: importing `run` defines no flags)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file.", lock_config=True)
+  flags.DEFINE_integer("steps", 300, "Training steps.", lower_bound=1)
+  flags.DEFINE_integer("batch", 32, "Global batch (a multiple of the local devices).", lower_bound=1)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
+  flags.DEFINE_integer("chunk", 50, "Steps between waits for the device.", lower_bound=1)
+  flags.DEFINE_integer("distinct", 16, "Procedural faces in the batch (cycled).", lower_bound=1)
+  flags.DEFINE_string("json", None, "Append the result as one JSON line here.")
 
 
 def peak_memory() -> tuple[float, str]:
@@ -85,7 +74,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 
   from benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax import models, train  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   n = jax.local_device_count()
@@ -97,8 +86,9 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   data_s = time.perf_counter() - t
   schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
   tx = train.create_optimizer(config, schedule)
-  state = train.replicate(train.create_train_state(config, jax.random.key(0), tx))
-  params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params)) // n
+  state = train.create_train_state(config, jax.random.key(0), tx)
+  params = models.count_parameters(state.params)
+  state = train.replicate(state)
   rngs = train.replicate(jax.random.key(1))
   device_batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
   p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
@@ -145,36 +135,30 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   }
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/vrn.py")
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--chunk", type=int, default=50, help="steps between waits for the device")
-  parser.add_argument("--distinct", type=int, default=16, help="procedural faces in the batch (cycled)")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config field (a Python literal, else a string), e.g. loss_stride=8")
-  parser.add_argument("--json", help="append the result as one JSON line here")
-  args = parser.parse_args()
-  if args.steps < 1 or args.chunk < 1:
-    raise SystemExit("--steps and --chunk: expected positive integers.")
-  from vrn_jax import host_memory  # pylint: disable=g-import-not-at-top
-
-  host_memory.keep_freed_memory()  # as run_train.py trains (before JAX starts its threads)
-  config = apply_overrides(load_config(args.config), args.set)
-  r = run(config, args.steps, args.batch, args.dtype, args.chunk, args.distinct)
-  r["config"], r["overrides"] = args.config, args.set
-  print(f"{args.config} {r['model']}, {r['params']:,} params | {r['device']} | batch {r['batch']} "
+def main(argv) -> None:
+  del argv
+  r = run(FLAGS.config, FLAGS.steps, FLAGS.batch, FLAGS.dtype, FLAGS.chunk, FLAGS.distinct)
+  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), DEFAULT_CONFIG)
+  r["config"], r["overrides"] = spec, [a for a in sys.argv if a.startswith("--config.")]
+  print(f"{spec} {r['model']}, {r['params']:,} params | {r['device']} | batch {r['batch']} "
         f"{r['dtype']} | {r['steps']} steps: {r['examples_per_s_median']:.1f} examples/s median per "
         f"{r['chunk']}-step chunk (slowest {r['examples_per_s_min']:.1f}; all steps "
         f"{r['examples_per_s_all']:.1f}), {r['step_ms_median']:.1f} ms/step | compile {r['compile_s']:.1f} s "
         f"| peak {r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_what']}) | loss {r['loss_first_chunk']:.4f} -> "
         f"{r['loss_last_chunk']:.4f}", flush=True)
-  if args.json:
-    with open(args.json, "a", encoding="utf-8") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "a", encoding="utf-8") as f:
       f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":
-  main()
+  from vrn_jax import host_memory
+
+  host_memory.keep_freed_memory()  # as run_train.py trains (before NumPy and JAX start their threads)
+  from absl import app
+
+  from vrn_jax import cli
+
+  cli.exit_on_bad_config_overrides(sys.argv[1:], DEFAULT_CONFIG)
+  define_flags()
+  app.run(main)

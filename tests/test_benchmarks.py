@@ -119,17 +119,22 @@ def test_end_to_end_pipeline_meshes_what_the_serial_chain_meshes():
 
 def test_train_run_counts_steps_and_reports_what_it_measured():
   """benchmarks/train_run.py (the GPU issue-4 run) at the tiny config: every step runs, the rates come
-  from the timed chunks after the first, the loss is finite and falls on a fixed batch, overrides apply
-  and a misspelt field is refused."""
-  from benchmarks import train_run
+  from the timed chunks after the first, the loss is finite and falls on a fixed batch. (Its command
+  line is run_train.py's: absl flags, the config file and `--config.x=y` overrides, checked by
+  `cli.exit_on_bad_config_overrides`.)"""
+  import importlib
 
-  config = train_run.apply_overrides(train_run.load_config("configs/default.py:test"),
-                                     ["loss_stride=2", "optim.learning_rate=3e-3", "model.stem=patchify"])
-  assert (config.loss_stride, config.optim.learning_rate, config.model.stem) == (2, 3e-3, "patchify")
-  for bad, says in ((["model.featurs=8"], "no field 'model.featurs'"), (["seed"], "expected KEY=VALUE")):
-    with pytest.raises(SystemExit, match=says):
-      train_run.apply_overrides(config, bad)
+  from benchmarks import train_run
+  from vrn_jax import cli
+
+  with pytest.raises(SystemExit) as e:  # a misspelt override is refused before anything runs
+    cli.exit_on_bad_config_overrides(["--config=configs/default.py:test", "--config.model.featurs=8"],
+                                     train_run.DEFAULT_CONFIG)
+  assert e.value.code == 2
+  config = importlib.import_module("configs.default").get_config("test")
+  config.loss_stride, config.optim.learning_rate = 2, 3e-3
   r = train_run.run(config, steps=5, batch=2, dtype="float32", chunk=2, distinct=2)
+  assert "loss_stride 2" in r["model"]
   assert len(r["losses"]) == 3 and r["steps"] == 5  # chunks of 2, 2, 1
   assert all(np.isfinite(r["losses"])) and r["loss_last_chunk"] < r["loss_first_chunk"], r["losses"]
   assert 0 < r["examples_per_s_min"] <= r["examples_per_s_median"], r
