@@ -126,7 +126,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
       "model": f"{m.variant}, {m.topology} topology, {m.num_hourglasses} HG x {m.features}, depth {m.depth}, "
                f"stem {m.stem}, body_stride {m.body_stride}, loss_stride {train.loss_stride(config)}",
       "params": params, "batch": batch, "dtype": dtype, "steps": steps, "chunk": chunk,
-      "distinct_faces": distinct,
+      "distinct_faces": distinct, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "examples_per_s_median": statistics.median(rates), "examples_per_s_min": min(rates),
       "examples_per_s_all": steps * batch / total_s, "step_ms_median": 1000.0 * batch / statistics.median(rates),
       "compile_s": compile_s, "lower_s": lower_s, "data_s": data_s, "peak_bytes": peak, "peak_what": peak_what,
@@ -140,7 +140,7 @@ def main(argv) -> None:
   r = run(FLAGS.config, FLAGS.steps, FLAGS.batch, FLAGS.dtype, FLAGS.chunk, FLAGS.distinct)
   spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), DEFAULT_CONFIG)
   r["config"], r["overrides"] = spec, [a for a in sys.argv if a.startswith("--config.")]
-  print(f"{spec} {r['model']}, {r['params']:,} params | {r['device']} | batch {r['batch']} "
+  print(f"{spec} {r['model']}, {r['params']:,} params | {r['device']} | XLA_FLAGS='{r['xla_flags']}' | batch {r['batch']} "
         f"{r['dtype']} | {r['steps']} steps: {r['examples_per_s_median']:.1f} examples/s median per "
         f"{r['chunk']}-step chunk (slowest {r['examples_per_s_min']:.1f}; all steps "
         f"{r['examples_per_s_all']:.1f}), {r['step_ms_median']:.1f} ms/step | compile {r['compile_s']:.1f} s "
