@@ -8,13 +8,11 @@
 # config) and DIR/training.json (benchmarks/run.py --only training, if it finishes in the time left).
 # DRY=1: the same sequence at a tiny size (a CPU check of the script itself, a few minutes).
 #
-# Autotuning. The first call's runs (2026-11-29) logged XLA's "Delay kernel timed out" while autotuning and
-# then nothing until their limits. XLA times each autotuning candidate behind a delay kernel that gives up
-# after ~100 ms, and recent XLA logs that only for the first five (openxla/xla#47191): a compilation that
-# waits out the delay for every candidate of every convolution looks exactly like that silence. So the
-# measured rows compile with `--xla_gpu_autotune_level=0` (cuDNN's and cuBLAS's own heuristic choice of
-# algorithm; no timing), and the tiny config and a last vrn row run with XLA's default autotuning, which
-# says whether it finishes and what it buys.
+# Autotuning (BENCHMARKS.md, "Paper-size training on an H200"). Measured 2026-11-30 with JAX 0.11.2:
+# `--xla_gpu_autotune_level=1` (no buffer initialisation or correctness checks) compiled configs/vrn.py
+# in 22-41 s and gave the figures; level 0 (no autotuning) made steps over 100x slower; with the default
+# (level 4) the compilation had not finished when its time ran out. So the measured rows use level 1, and
+# the tiny config first runs with the default, to show the stack works before the big compilations.
 set -u
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
@@ -44,15 +42,12 @@ if [[ ${DRY:-0} == 1 ]]; then
   size=(--config.model.features=8 --config.model.depth=2 --batch=2 --steps=4 --chunk=2 --distinct=2)
   tiny=(--tiny)
 fi
-# First a tiny config (seconds when all is well) with XLA's default autotuning: shows the stack works there
-# before the big compilations, and whether autotuning alone is slow.
+# First a tiny config (seconds when all is well) with XLA's default autotuning.
 step 60 $run --config=configs/default.py:test --steps=20 --chunk=10 --batch=4 --distinct=2
-export XLA_FLAGS=--xla_gpu_autotune_level=0
-step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl" "${size[@]}"
-step 110 $run --config=configs/vrn.py --dtype=float32 --steps=300 --json="$OUT/train_run.jsonl" "${size[@]}"
-step 80 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
-step 80 $run --config=configs/vrn_guided.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
-unset XLA_FLAGS
-step 150 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --json="$OUT/train_run.jsonl" "${size[@]}"
+export XLA_FLAGS=--xla_gpu_autotune_level=1
+step 110 $run --config=configs/vrn.py --dtype=bfloat16 --steps=300 --chunk=25 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 90 $run --config=configs/vrn.py --dtype=float32 --steps=300 --chunk=25 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 100 $run --config=configs/vrn_multitask.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
+step 100 $run --config=configs/vrn_guided.py --dtype=bfloat16 --steps=200 --json="$OUT/train_run.jsonl" "${size[@]}"
 # Side by side with PyTorch (issue 6): prints each variant as measured, the table only at the end.
 step 600 benchmarks/run.py --only training --json="$OUT/training.json" "${tiny[@]}"
