@@ -2,6 +2,7 @@
 end-to-end pipeline meshes exactly what the serial chain meshes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,5 @@ def test_train_run_counts_steps_and_reports_what_it_measured():
   assert all(np.isfinite(r["losses"])) and r["loss_last_chunk"] < r["loss_first_chunk"], r["losses"]
   assert 0 < r["examples_per_s_min"] <= r["examples_per_s_median"], r
   assert r["params"] > 0 and r["peak_bytes"] > 0 and r["compile_s"] > 0, r
+  # XLA's flags decide GPU figures (autotuning level: BENCHMARKS.md), so each result records them.
+  assert r["xla_flags"] == os.environ.get("XLA_FLAGS", ""), r["xla_flags"]
