@@ -11,8 +11,10 @@ Only where JAX will run on the CPU: on an accelerator the step's buffers live in
 so there is nothing to gain, and one arena for all threads serialises every malloc of XLA's GPU
 compiler, which runs LLVM on a thread per core. On the 2-core VM the paper-size training step compiled
 in 18-26 s with one arena against 15-20 s without (XLA:CPU, 3 runs each, 2026-11-29); on a 16-core H200
-machine, with one arena, the same step had not compiled after 220 s (that the arena was the cause there
-is inferred, not measured: the lease ended first).
+machine, with one arena, the same step had not compiled after 220 s. The next lease (2026-11-30, no
+arena setting) points at XLA's default GPU autotuning instead: with it the step had still not compiled
+after 46 s, with `--xla_gpu_autotune_level=1` it compiled in 41 s and trained (BENCHMARKS.md). The
+arena's share, if any, was not measured.
 """
 
 from __future__ import annotations
