@@ -137,12 +137,14 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
 
 def main(argv) -> None:
   del argv
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   r = run(FLAGS.config, FLAGS.steps, FLAGS.batch, FLAGS.dtype, FLAGS.chunk, FLAGS.distinct)
-  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), DEFAULT_CONFIG)
+  spec = config_flags.get_config_filename(FLAGS["config"])  # the file and its :ARG, as given
   r["config"], r["overrides"] = spec, [a for a in sys.argv if a.startswith("--config.")]
-  print(f"{spec} {r['model']}, {r['params']:,} params | {r['device']} | XLA_FLAGS='{r['xla_flags']}' | batch {r['batch']} "
-        f"{r['dtype']} | {r['steps']} steps: {r['examples_per_s_median']:.1f} examples/s median per "
-        f"{r['chunk']}-step chunk (slowest {r['examples_per_s_min']:.1f}; all steps "
+  print(f"{spec} {r['model']}, {r['params']:,} params | {r['device']} | XLA_FLAGS='{r['xla_flags']}' | "
+        f"batch {r['batch']} {r['dtype']} | {r['steps']} steps: {r['examples_per_s_median']:.1f} examples/s "
+        f"median per {r['chunk']}-step chunk (slowest {r['examples_per_s_min']:.1f}; all steps "
         f"{r['examples_per_s_all']:.1f}), {r['step_ms_median']:.1f} ms/step | compile {r['compile_s']:.1f} s "
         f"| peak {r['peak_bytes'] / 2**30:.2f} GiB ({r['peak_what']}) | loss {r['loss_first_chunk']:.4f} -> "
         f"{r['loss_last_chunk']:.4f}", flush=True)
