@@ -411,7 +411,7 @@ def test_upsampled_volume_loss_is_the_loss_of_the_upsampled_volume(target_dtype)
     models.upsampled_volume_loss(x, t, 4, 5)
 
 
-@pytest.mark.parametrize("stride", [2, 4])
+@pytest.mark.parametrize("stride", [2, 4, 8])
 def test_strided_volume_loss_is_the_loss_on_the_sampled_voxels(stride):
   """loss_stride > 1: the fused loss on rows oy + s i and columns ox + s j of the upsampled volume, each
   example with its own offsets, against float64 NumPy on the same voxels (value and gradient, the

@@ -121,8 +121,8 @@ def _example_keys(rng: jax.Array, step: jax.Array, per_device: int) -> jax.Array
 def loss_stride(config) -> int:
   """config.loss_stride (1 when absent: configs saved before it existed), checked."""
   stride = config.get("loss_stride", 1)
-  if stride not in (1, 2, 4):
-    raise InputError(f"config loss_stride {stride!r}: expected 1 (every voxel), 2 or 4.")
+  if stride not in (1, 2, 4, 8):
+    raise InputError(f"config loss_stride {stride!r}: expected 1 (every voxel), 2, 4 or 8.")
   return stride
 
 
