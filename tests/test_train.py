@@ -336,9 +336,9 @@ def test_schedules_and_paper_configs():
     c = importlib.import_module(f"configs.{name}").get_config()
     assert (c.optim.learning_rate, c.optim.schedule, tuple(c.optim.decay_epochs), c.optim.decay_factor,
             c.optim.momentum) == (1e-4, "step", (40.0,), 0.1, 0.0), name
-    assert (c.augment.rotation_deg, c.augment.translation_px, tuple(c.augment.scale_range),
-            c.augment.flip_probability, tuple(c.augment.colour_range)) == (
-                45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
+    assert (c.augment.enabled, c.augment.rotation_deg, c.augment.translation_px,
+            tuple(c.augment.scale_range), c.augment.flip_probability, tuple(c.augment.colour_range)) == (
+                True, 45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
     assert (c.model.stem, c.model.body_stride, c.model.depth, c.loss_stride, c.model.features,
             c.ema_decay) == ("conv7x7", 1, 4, 1, 256, 0.0), name
   paper = importlib.import_module("configs.vrn").get_config()
