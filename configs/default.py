@@ -116,6 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distributed = False        # call jax.distributed.initialize() (multi-host)
 
   if arg == "test":
+    # On: the smoke config runs the on-device augmentation (the exact-resume and 1-vs-4-device tests
+    # then cover its per-example keys).
+    config.augment.enabled = True
     config.model.features = 8
     config.model.depth = 2
     config.global_batch_size = 4
