@@ -37,10 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # features for the same time (1,490 steps, 383 s; 24% more examples/s): 0.790.
   # (2026-11-30, second session; 1,200-step races as above) Kept: no augmentation 0.807 (against 0.798)
   # and then loss_stride 8 0.814 (see below); at 2,800 steps those two made 0.820 -> 0.845 (first 64 test
-  # faces; 0.837 on the first 256). Not kept: a head whose logits are s * min(front - z, z - back)
-  # from 3 outputs per pixel (the targets' per-column hull has IoU 0.999 with them) 0.780; Adam (lr
-  # 1e-3) 0.754; the 48x48 merge module replaced by a 1x1 projection (1.3x faster step; 1,575 steps in
-  # the same time) 0.796; 3,200 steps instead of 2,800: 0.837 (0.835 on 256 faces), no better. A sharp
+  # faces; 0.837 on the first 256), and 0.840 (0.834) in the main job after the loss change. Not kept
+  # (with the augmentation, against 0.798): a head whose logits are s * min(front - z, z - back) from 3
+  # outputs per pixel (the targets' per-column hull has IoU 0.999 with them) 0.780; Adam (lr 1e-3)
+  # 0.754; the 48x48 merge module replaced by a 1x1 projection (1.3x faster step; 1,575 steps in the
+  # same time) 0.796. And 3,200 steps instead of 2,800: 0.837 (0.835 on 256 faces), no better. A sharp
   # 0/1 volume sampled at 48x48 and upsampled as the head's logits are has IoU 0.95 with the target: the
   # 48x48 head is not what limits the model (its own prediction is closer to the target than that).
   config.model = default_model_config()

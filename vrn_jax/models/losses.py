@@ -89,9 +89,9 @@ def _upsample_columns(logits, ox, width: int, stride: int):
   if stride == 1:
     return lerp_axis(logits, 2, width).reshape(b, h, width * c)
   # Only the sampled columns: each example's rows ox + stride * j of the interpolation matrix, applied
-  # as a batched matmul. (Upsampling all `width` columns and then picking 1/stride of them cost as much
-  # more than the loss itself: 2-core CPU, batch 8, 48 -> 192, loss and gradient alone at stride 8
-  # 47.6 -> 18.1 ms; the default config's train_step 192 -> 171 ms at stride 8, 208 -> 193 ms at 4.)
+  # as a batched matmul. (Upsampling all `width` columns and then keeping 1/stride of them cost more
+  # than the loss itself: 2-core CPU, batch 8, 48 -> 192, loss and gradient alone at stride 8 47.6 ->
+  # 18.1 ms; the default config's train_step 192 -> 171 ms at stride 8, 208 -> 193 ms at stride 4.)
   m = jnp.asarray(bilinear_matrix(w, width).reshape(width // stride, stride, w), logits.dtype)
   pick = jnp.transpose(jnp.take(m, ox, axis=1), (1, 0, 2))  # (b, width / stride, w)
   return jnp.einsum("bjw,bhwc->bhjc", pick, logits).reshape(b, h, width // stride * c)
