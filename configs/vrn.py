@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
   config.loss_stride = 1         # the loss on every voxel of every example, as in the paper
   config.ema_decay = 0.0         # the paper evaluates the trained weights themselves
   # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
+  config.optim.name = "rmsprop"
   config.optim.learning_rate = 1e-4
   config.optim.schedule = "step"
   config.optim.decay_epochs = (40.0,)

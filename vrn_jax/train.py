@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,7 +41,7 @@ class TrainState(train_state.TrainState):
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+  """The loss (or the weights after a step) became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -75,14 +76,64 @@ def learning_rate_schedule(config, steps_per_epoch: int, num_steps: int | None =
   return optax.piecewise_constant_schedule(config.optim.learning_rate, boundaries)
 
 
+OPTIMIZERS = ("rmsprop", "muon")
+
+
+def optimizer_name(config) -> str:
+  """config.optim.name, checked: 'rmsprop' (the paper's) or 'muon' (InputError otherwise)."""
+  # .get: a workdir's config.json from before the field existed means RMSProp, the only one then.
+  name = config.optim.get("name", "rmsprop")
+  if name not in OPTIMIZERS:
+    raise InputError(f"config optim.name {name!r}: expected one of {', '.join(OPTIMIZERS)}.")
+  return name
+
+
 def create_optimizer(config, schedule) -> optax.GradientTransformation:
+  """optim.name 'rmsprop': Torch7's rmsprop (the paper's); 'muon': Muon for the convolution kernels,
+  RMSProp for everything else."""
   # optax.rmsprop with eps outside the root and decay 0.99 is Torch7's optim.rmsprop:
   #   m = alpha m + (1 - alpha) g^2;  x -= lr g / (sqrt(m) + eps).
   # momentum > 0 adds heavy-ball momentum on the scaled step (PyTorch's RMSprop(momentum=...)).
-  return optax.rmsprop(schedule, decay=config.optim.rmsprop_decay, eps=config.optim.eps,
-                       eps_in_sqrt=config.optim.eps_in_sqrt,
-                       initial_scale=config.optim.initial_mean_square,
-                       momentum=config.optim.get("momentum", 0.0) or None)
+  rmsprop = optax.rmsprop(schedule, decay=config.optim.rmsprop_decay, eps=config.optim.eps,
+                          eps_in_sqrt=config.optim.eps_in_sqrt,
+                          initial_scale=config.optim.initial_mean_square,
+                          momentum=config.optim.get("momentum", 0.0) or None)
+  if optimizer_name(config) == "rmsprop":
+    return rmsprop
+  # Muon (K. Jordan et al., 2024; optax.contrib): a kernel's Nesterov momentum, viewed as a
+  # (kh * kw * cin, cout) matrix, is replaced by its nearest semi-orthogonal matrix (5 Newton-Schulz
+  # iterations), scaled by sqrt(max(1, cout / (kh * kw * cin))) and the Muon rate, which follows the
+  # same schedule (learning_rate_schedule * muon_learning_rate / learning_rate). BatchNorm parameters,
+  # biases and the kernels named in optim.muon_exclude take the RMSProp step (Muon's authors keep the
+  # first and the last layer off it; the CPU default keeps only the first: configs/default.py has the
+  # races).
+  ratio = config.optim.muon_learning_rate / config.optim.learning_rate
+  exclude = tuple(config.optim.muon_exclude)
+
+  def labels(params):
+    flat = flax.traverse_util.flatten_dict(params)
+    kernels = {"/".join(k[:-1]) for k, v in flat.items() if v.ndim == 4}
+    if missing := sorted(set(exclude) - kernels):
+      raise InputError(f"config optim.muon_exclude: {missing} is not a convolution of this model; "
+                       f"its convolutions are e.g. {sorted(kernels)[:3]}.")
+    return flax.traverse_util.unflatten_dict(
+        {k: "muon" if v.ndim == 4 and "/".join(k[:-1]) not in exclude else "rmsprop"
+         for k, v in flat.items()})
+
+  kernel = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
+  # Called with the Muon part of the tree only (the rest is masked out): every leaf there is a kernel.
+  dimension_numbers = lambda tree: jax.tree.map(lambda _: kernel, tree)
+
+  def width_scale(updates, params=None):
+    del params
+    return jax.tree.map(lambda u: u * max(1.0, u.shape[3] / math.prod(u.shape[:3])) ** 0.5, updates)
+
+  muon = optax.chain(
+      optax.contrib.scale_by_muon(beta=config.optim.muon_beta, nesterov=True,
+                                  weight_dimension_numbers=dimension_numbers),
+      optax.stateless(width_scale),
+      optax.scale_by_learning_rate(lambda step: schedule(step) * ratio))
+  return optax.partition({"muon": muon, "rmsprop": rmsprop}, labels)
 
 
 def create_train_state(config, rng: jax.Array, tx: optax.GradientTransformation) -> TrainState:
@@ -202,6 +253,11 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
                                                         state.ema_params, new.params))
   metrics = jax.lax.pmean({"loss": loss, **aux}, AXIS)
   metrics["learning_rate"] = schedule(state.step)
+  # Finite iff every new weight is (the same on every replica): a step can break the weights while its
+  # loss, taken before it, is still finite (Muon's step is finite-sized whatever the gradient's size).
+  # The largest |weight| rather than a norm, which could overflow where every weight is finite.
+  metrics["max_abs_weight"] = jnp.max(jnp.stack([jnp.max(jnp.abs(p))
+                                                 for p in jax.tree_util.tree_leaves(new.params)]))
   return new, metrics
 
 
@@ -244,20 +300,25 @@ def save_config(config, workdir: str) -> None:
 
 
 def check_workdir_model(config, workdir: str) -> None:
-  """A workdir that holds checkpoints of another model is an error, not a shape crash."""
+  """A workdir that holds checkpoints of another model (or optimiser, whose state is in them too) is an
+  error, not a shape crash."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return
   with open(path, encoding="utf-8") as f:
-    # A field the saved config predates had its default value then (e.g. stem: 'conv7x7').
-    saved = {**models.default_model_config().to_dict(), **json.load(f).get("model", {})}
+    saved_config = json.load(f)
+  # A field the saved config predates had its default value then (e.g. stem: 'conv7x7').
+  saved = {**models.default_model_config().to_dict(), **saved_config.get("model", {})}
   current = json.loads(config.model.to_json_best_effort())
   differ = {k: (saved.get(k), current.get(k)) for k in current if k != "dtype"
             and saved.get(k) != current.get(k)}
+  optimizers = optimizer_name(ml_collections.ConfigDict(saved_config)), optimizer_name(config)
+  if optimizers[0] != optimizers[1]:
+    differ["optim.name"] = optimizers
   if differ and os.path.isdir(os.path.join(workdir, "checkpoints")):
     details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items()))
-    raise InputError(f"{workdir} holds checkpoints of another model ({details}); use a new --workdir or "
-                     "the config it was trained with.")
+    raise InputError(f"{workdir} holds checkpoints of another model or optimiser ({details}); use a new "
+                     "--workdir or the config it was trained with.")
 
 
 def restore_latest(manager, state: TrainState) -> TrainState:
@@ -343,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Config fields are checked first: a mistyped one is reported before a dataset build and before
   # anything is written.
   schedule_kind(config)
+  optimizer_name(config)
   loss_stride(config)
   ema_decay(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -390,10 +452,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Step `done`'s metrics on the host: the NaN check, and the log line when it is a log step."""
     nonlocal t_since, done_since
     m = _unreplicate(metrics)
-    if not all(np.isfinite(float(v)) for v in m.values()):
+    if bad := [k for k, v in m.items() if not np.isfinite(float(v))]:
       raise NonFiniteLossError(
-          f"non-finite loss at step {done} ({ {k: float(v) for k, v in m.items()} }); training "
-          f"stopped; the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints.")
+          f"non-finite {', '.join(bad)} at step {done} ({ {k: float(v) for k, v in m.items()} }); "
+          f"training stopped; the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints.")
     if done % config.log_every_steps == 0 or done == num_steps:
       now = time.time()
       rate = (done - done_since) * config.global_batch_size / max(now - t_since, 1e-9)
