@@ -342,6 +342,11 @@ def test_another_models_checkpoint_is_a_clear_error(tiny, tmp_path):
   from vrn_jax import evaluate
   from vrn_jax.files import InputError
 
+  # Another optimiser is no obstacle to evaluation (training would refuse it: its state differs).
+  other = default.get_config("test")
+  other.optim.name = "rmsprop" if other.optim.name != "rmsprop" else "muon"
+  assert evaluate.load_config(tiny["workdir"], other) is other
+
   bare = tmp_path / "bare"
   shutil.copytree(os.path.join(tiny["workdir"], "checkpoints"), bare / "checkpoints")
   config = default.get_config("test")

@@ -239,8 +239,10 @@ def test_another_models_workdir_and_unknown_keys_are_clear_errors(data_dir, tmp_
   train.train_and_evaluate(_config(data_dir), workdir)
   r = _run_train(workdir, _overrides(data_dir, **{"model.features": 16}))
   assert r.returncode == 1
-  assert ("holds checkpoints of another model or optimiser (features: checkpoint 8 vs config 16)"
-          in r.stderr)
+  assert "holds checkpoints of another model (features: checkpoint 8 vs config 16)" in r.stderr
+  r = _run_train(workdir, _overrides(data_dir, **{"optim.name": "rmsprop"}))
+  assert r.returncode == 1
+  assert "another optimiser (optim.name: checkpoint 'muon' vs config 'rmsprop')" in r.stderr
   # A config.json from before the stem field was added means that field's default then, the paper's.
   saved = json.load(open(os.path.join(workdir, "config.json")))
   del saved["model"]["stem"]

@@ -90,7 +90,7 @@ def load_config(workdir: str, config=None):
                      "checkpoints/ and config.json (python run_train.py --workdir=DIR makes one).")
   path = os.path.join(workdir, "config.json")
   if config is not None:
-    train.check_workdir_model(config, workdir)
+    train.check_workdir_model(config, workdir, optimiser=False)  # evaluation needs no optimiser state
     return config
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such file; {workdir} holds no training config. Pass the config the "

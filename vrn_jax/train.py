@@ -1,4 +1,5 @@
-"""Training: pmapped steps with on-device augmentation and targets, RMSProp, Orbax checkpoints.
+"""Training: pmapped steps with on-device augmentation and targets, RMSProp (the CPU default: Muon for
+the convolution kernels), Orbax checkpoints.
 
 `train_and_evaluate(config, workdir)` is what `run_train.py` calls. The step body is a pure function of
 (state, batch, rng) written per replica with one axis name ('batch'), so it moves to `jit(shard_map)`
@@ -299,9 +300,9 @@ def save_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
 
-def check_workdir_model(config, workdir: str) -> None:
-  """A workdir that holds checkpoints of another model (or optimiser, whose state is in them too) is an
-  error, not a shape crash."""
+def check_workdir_model(config, workdir: str, optimiser: bool = True) -> None:
+  """A workdir that holds checkpoints of another model is an error, not a shape crash; for training
+  (`optimiser`), so is one of another optimiser, whose state the checkpoints hold too."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return
@@ -312,12 +313,14 @@ def check_workdir_model(config, workdir: str) -> None:
   current = json.loads(config.model.to_json_best_effort())
   differ = {k: (saved.get(k), current.get(k)) for k in current if k != "dtype"
             and saved.get(k) != current.get(k)}
+  what = ["model"] if differ else []
   optimizers = optimizer_name(ml_collections.ConfigDict(saved_config)), optimizer_name(config)
-  if optimizers[0] != optimizers[1]:
+  if optimiser and optimizers[0] != optimizers[1]:
     differ["optim.name"] = optimizers
+    what.append("optimiser")
   if differ and os.path.isdir(os.path.join(workdir, "checkpoints")):
     details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differ.items()))
-    raise InputError(f"{workdir} holds checkpoints of another model or optimiser ({details}); use a new "
+    raise InputError(f"{workdir} holds checkpoints of another {' and '.join(what)} ({details}); use a new "
                      "--workdir or the config it was trained with.")
 
 
