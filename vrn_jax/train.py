@@ -125,6 +125,7 @@ def create_optimizer(config, schedule) -> optax.GradientTransformation:
   # Called with the Muon part of the tree only (the rest is masked out): every leaf there is a kernel.
   dimension_numbers = lambda tree: jax.tree.map(lambda _: kernel, tree)
 
+  # optax.contrib.muon's own width scaling (`_muon.scale_by_shape`) is not exported by optax 0.2.8.
   def width_scale(updates, params=None):
     del params
     return jax.tree.map(lambda u: u * max(1.0, u.shape[3] / math.prod(u.shape[:3])) ** 0.5, updates)
@@ -257,8 +258,7 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
   # Finite iff every new weight is (the same on every replica): a step can break the weights while its
   # loss, taken before it, is still finite (Muon's step is finite-sized whatever the gradient's size).
   # The largest |weight| rather than a norm, which could overflow where every weight is finite.
-  metrics["max_abs_weight"] = jnp.max(jnp.stack([jnp.max(jnp.abs(p))
-                                                 for p in jax.tree_util.tree_leaves(new.params)]))
+  metrics["max_abs_weight"] = optax.tree_utils.tree_norm(new.params, ord=jnp.inf)
   return new, metrics
 
 
