@@ -3,7 +3,8 @@
   python run_eval.py --workdir=W [--config=configs/FILE.py[:ARG]] [--step=N] [--num_examples=N]
                      [--export_meshes=N] [--manual_dir=DIR]
   python run_eval.py --workdir=W --images=PATH_OR_GLOB --output_dir=OUT
-                     [--crop=auto|landmarks|box|center|none] [--landmarks=DIR] [--boxes=FILE] [--raw]
+                     [--crop=auto|landmarks|box|find|guided|center|none] [--landmarks=DIR]
+                     [--boxes=FILE] [--mesh_formats=obj,glb] [--raw]
 
 The model config comes from W/config.json (written by training) unless --config is given; the checkpoint
 is the latest in W/checkpoints unless --step is. Evaluation runs on the config's evaluation split
@@ -38,15 +39,19 @@ flags.DEFINE_string("manual_dir", None, "300w_lp / aflw2000_3d evaluation: the f
 # Reconstruction from photos.
 flags.DEFINE_string("images", None, "Photos to reconstruct: files, directories or globs, comma-separated.")
 flags.DEFINE_string("output_dir", None, "Where the reconstructions of --images go.")
-flags.DEFINE_enum("crop", "auto", ["auto", "landmarks", "box", "center", "none"],
-                  "How photos are cropped to 192x192: 68 landmarks (run.m's rule), a face box, the "
-                  "centred square, or none (192x192 inputs). auto: landmarks if <name>.txt exists, else "
-                  "a box from --boxes, else VRN-Guided's detector, else centred.")
+flags.DEFINE_enum("crop", "auto", ["auto", "landmarks", "box", "find", "guided", "center", "none"],
+                  "How photos are cropped to 192x192: 68 landmarks (run.m's rule), a face box, every "
+                  "face the face finder finds (dlib; run.m's rule on its landmarks), VRN-Guided's own "
+                  "landmark network, the centred square, or none (192x192 inputs). auto: landmarks if "
+                  "<name>.txt exists, else a box from --boxes, else the face finder.")
 flags.DEFINE_string("landmarks", None, "Directory of <name>.txt landmark files (68 lines x,y, 1-based); "
                     "default: beside each photo.")
 flags.DEFINE_string("boxes", None, "Face-box file: lines `name x0 y0 x1 y1` (name: the photo's file name "
                     "or stem; 0-based pixels, top-left and bottom-right corners; # comments).")
 flags.DEFINE_bool("raw", False, "Also write <name>.raw, the release's volume format.")
+flags.DEFINE_list("mesh_formats", ["obj", "glb"], "Mesh files per face, crop and photo frame: any of "
+                  "obj, ply, glb (GLB: glTF 2.0 with vertex colours, y up, 1 pixel = 1 mm).")
+flags.DEFINE_bool("progress", True, "Progress bars (with ETA) on stderr.")
 # Both.
 flags.DEFINE_integer("batch_size", None, "Images per inference batch (default: config.eval_batch_size).")
 flags.DEFINE_integer("host_threads", None, "Threads meshing and scoring on the host (default: min(4, "
@@ -58,7 +63,7 @@ def _evaluate():
 
   m = evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.num_examples,
                                    FLAGS.export_meshes, FLAGS.manual_dir, FLAGS.batch_size,
-                                   FLAGS.host_threads)
+                                   FLAGS.host_threads, progress=FLAGS.progress)
 
   def fmt(stats):
     return "n/a" if stats["mean"] is None else f"{stats['mean']:.4f} (median {stats['median']:.4f})"
@@ -75,20 +80,24 @@ def _evaluate():
 
 
 def _reconstruct() -> int:
-  from vrn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vrn_jax import reconstruct  # pylint: disable=g-import-not-at-top
 
   if not FLAGS.output_dir:
     raise files.InputError("--images needs --output_dir=DIR for the reconstructions.")
-  results = evaluate.reconstruct_checkpoint(
+  results = reconstruct.reconstruct_checkpoint(
       FLAGS.workdir, FLAGS.images, FLAGS.output_dir, FLAGS.config, FLAGS.step, FLAGS.crop,
-      FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads)
+      FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads,
+      FLAGS.mesh_formats, FLAGS.progress)
   failed = [r for r in results if r.error]
   for r in results:
     if r.error:
       print(f"error: {r.error}", file=sys.stderr)
     else:
       print(f"{r.path}: {len(r.outputs)} files ({r.crop_source}) -> {FLAGS.output_dir}/{r.name}*")
-  print(f"reconstructed {len(results) - len(failed)} of {len(results)} photo(s) into {FLAGS.output_dir}"
+  photos = len({r.path for r in results})
+  bad_photos = len({r.path for r in failed})
+  print(f"reconstructed {len(results) - len(failed)} face(s) from {photos - bad_photos} of {photos} "
+        f"photo(s) into {FLAGS.output_dir}"
         + (f"; {len(failed)} failed (see the errors above)" if failed else ""))
   return 1 if failed else 0
 

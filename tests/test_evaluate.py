@@ -275,9 +275,10 @@ def test_fixture_photos_end_to_end(tiny, tmp_path):
   r = _run_eval(f"--workdir={tiny['workdir']}", f"--images={fixtures_dir()}/*.jpg", f"--output_dir={out}",
                 "--crop=landmarks", "--raw")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "reconstructed 5 of 5" in r.stdout
+  assert "reconstructed 5 face(s) from 5 of 5 photo(s)" in r.stdout
   import trimesh
 
+  overlaid_outside = 0
   for photo in photos:
     name = os.path.splitext(os.path.basename(photo))[0]
     base = os.path.join(out, name)
@@ -298,6 +299,25 @@ def test_fixture_photos_end_to_end(tiny, tmp_path):
     preview = np.asarray(Image.open(base + "_preview.png"))
     assert preview.shape == (384, 3 * 384, 3)
     assert preview[:, 384:].std() > 10  # the renders show something
+    # The GLB: the same mesh in glTF's frame (y up, metres = pixels / 1000), with the OBJ's colours.
+    scene = trimesh.load(base + ".glb", file_type="glb")
+    (glb,) = scene.geometry.values()
+    np.testing.assert_allclose(glb.vertices, mesh.vertices * [0.001, -0.001, 0.001], atol=1e-6)
+    np.testing.assert_array_equal(glb.visual.vertex_attributes["color"][:, :3],
+                                  mesh.visual.vertex_colors[:, :3])
+    assert glb.volume > 0  # still outward-facing after the mirroring
+    # The overlay: the photo, and over it the shaded slab where the crop lies.
+    overlay = np.asarray(Image.open(base + "_overlay.png")).astype(float)
+    original = np.asarray(Image.open(photo)).astype(float)
+    assert overlay.shape == original.shape
+    inside = transform.to_photo(np.array([[96.0, 96.0]]))[0].round().astype(int)
+    assert np.abs(overlay[inside[1], inside[0]] - original[inside[1], inside[0]]).max() > 20
+    lo, hi = transform.to_photo(np.array([[-0.5, -0.5], [191.5, 191.5]]))
+    yy, xx = np.mgrid[:original.shape[0], :original.shape[1]]
+    outside = (xx < lo[0] - 2) | (xx > hi[0] + 2) | (yy < lo[1] - 2) | (yy > hi[1] + 2)
+    np.testing.assert_array_equal(overlay[outside], original[outside])  # the photo untouched there
+    overlaid_outside += int(outside.sum())
+  assert overlaid_outside > 0  # (asj.jpg's crop does not cover the whole photo)
 
 
 # -------------------------------------------------------------------------------------- (d) bad inputs
@@ -324,10 +344,11 @@ def test_bad_photos_are_named_and_the_good_ones_written(tiny, tmp_path):
   assert any("broken.jpg" in e and "not a readable image" in e for e in errors)
   assert any("short.txt" in e and "67 rows" in e and "expected 68" in e for e in errors)
   assert any("unmarked.txt" in e and "no such landmark file" in e for e in errors)
-  assert "reconstructed 1 of 4" in r.stdout
+  assert "reconstructed 1 face(s) from 1 of 4 photo(s)" in r.stdout
   written = sorted(os.listdir(out))
   assert written == sorted(["good_crop.png", "good_crop.json", "good.npy", "good.obj", "good_photo.obj",
-                            "good_preview.png"])  # nothing for the bad ones, no temporary files
+                            "good.glb", "good_photo.glb", "good_preview.png", "good_overlay.png"])
+  # (nothing for the bad ones, no temporary files)
 
 
 def test_another_models_checkpoint_is_a_clear_error(tiny, tmp_path):
@@ -383,53 +404,58 @@ class _SpherePredictor:
     return np.repeat(soft[None], len(crops), axis=0)
 
 
-def test_crop_modes_none_and_centre_fallback(tmp_path, caplog):
-  from vrn_jax import evaluate
+def test_crop_modes_none_centre_and_no_face(tmp_path):
+  from vrn_jax import reconstruct
   from vrn_jax.files import write_image_rgb
 
   rng = np.random.default_rng(0)
   write_image_rgb(str(tmp_path / "small.png"), rng.integers(0, 255, (192, 192, 3), dtype=np.uint8))
   write_image_rgb(str(tmp_path / "large.png"), rng.integers(0, 255, (300, 200, 3), dtype=np.uint8))
   paths = [str(tmp_path / "small.png"), str(tmp_path / "large.png")]
-  results = evaluate.reconstruct_photos(_SpherePredictor(), paths, str(tmp_path / "none"), crop="none")
+  results = reconstruct.reconstruct_photos(_SpherePredictor(), paths, str(tmp_path / "none"), crop="none")
   assert results[0].error is None and "--crop=none takes 192x192" in results[1].error
   assert "200x300" in results[1].error
   crop = np.asarray(Image.open(tmp_path / "none" / "small_crop.png"))
   np.testing.assert_array_equal(crop, np.asarray(Image.open(paths[0])))
 
-  # No landmarks, no boxes, no detector: a centred crop, with a warning naming the photos.
-  results = evaluate.reconstruct_photos(_SpherePredictor(), paths, str(tmp_path / "auto"))
+  results = reconstruct.reconstruct_photos(_SpherePredictor(), paths, str(tmp_path / "centre"),
+                                           crop="center")
   assert [r.error for r in results] == [None, None]
-  assert all(r.crop_source.startswith("centre") for r in results)
-  assert "centred square crop" in caplog.text and "large" in caplog.text
-  transform = json.load(open(tmp_path / "auto" / "large_crop.json"))
+  transform = json.load(open(tmp_path / "centre" / "large_crop.json"))
   assert transform["scale"] == pytest.approx(192 / 200)
+
+  # No landmarks, no boxes: the face finder, which finds no face in noise: each photo is named, skipped.
+  results = reconstruct.reconstruct_photos(_SpherePredictor(), paths, str(tmp_path / "auto"))
+  assert len(results) == 2
+  for r, path in zip(results, paths):
+    assert r.error.startswith(f"{path}: no face found") and "--boxes" in r.error
+  assert os.listdir(tmp_path / "auto") == []
 
 
 def test_boxes_file(tmp_path):
-  from vrn_jax import evaluate
+  from vrn_jax import reconstruct
   from vrn_jax.files import InputError
 
   path = tmp_path / "boxes.txt"
   path.write_text("# name x0 y0 x1 y1\nasj.jpg 10 20 110 140\n\nother, 1, 2, 3, 4\n")
-  assert evaluate.read_boxes(str(path)) == {"asj.jpg": (10.0, 20.0, 110.0, 140.0),
+  assert reconstruct.read_boxes(str(path)) == {"asj.jpg": (10.0, 20.0, 110.0, 140.0),
                                             "other": (1.0, 2.0, 3.0, 4.0)}
   path.write_text("asj.jpg 10 20 110\n")
   with pytest.raises(InputError, match=r"boxes.txt, line 1: .*expected `name x0 y0 x1 y1`"):
-    evaluate.read_boxes(str(path))
+    reconstruct.read_boxes(str(path))
 
 
 def test_heatmap_peaks_recover_landmarks():
-  from vrn_jax import evaluate
+  from vrn_jax import inference
   from vrn_jax.models import render_heatmaps
 
   rng = np.random.default_rng(3)
   points = rng.uniform(10, 180, (2, 68, 2)).astype(np.float32)
   heatmaps = np.array(render_heatmaps(points))
   # Sampled Gaussians have exactly parabolic log-values: float32 rounding is all that is left.
-  np.testing.assert_allclose(evaluate.heatmap_peaks(heatmaps), points, atol=1e-3)
+  np.testing.assert_allclose(inference.heatmap_peaks(heatmaps), points, atol=1e-3)
   heatmaps[0, :, :, 5] = 0.0  # a flat channel: its argmax (pixel 0, 0), no refinement, no NaN
-  np.testing.assert_array_equal(evaluate.heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
+  np.testing.assert_array_equal(inference.heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
 
 
 def test_ground_truth_is_rebuilt_and_checked_against_the_example():

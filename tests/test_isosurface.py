@@ -98,6 +98,6 @@ def test_bad_volumes_give_clear_errors_and_no_output(tmp_path):
                         str(out)], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert not out.exists()
-  with pytest.raises(InputError, match="expected .obj or .ply"):
+  with pytest.raises(InputError, match="expected .obj, .ply or .glb"):
     save_mesh(tmp_path / "x.stl", volume_to_mesh(np.pad(np.ones((4, 4, 4)), 2)))
   assert not (tmp_path / "x.stl").exists()

@@ -14,6 +14,10 @@ class InputError(ValueError):
   """Bad user input: the message names the file or field, what was found and what was expected."""
 
 
+class TooLargeError(InputError):
+  """An input over a size limit (bytes or pixels): the message says the size and the limit."""
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
   """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
@@ -37,21 +41,52 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
       os.remove(tmp)
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-  """Reads an image file as (H, W, 3) uint8 RGB (grey and RGBA are converted)."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+# Pillow's own guard against decompression bombs stops at ~179 MP; photos are far smaller.
+MAX_IMAGE_PIXELS = 100_000_000
 
+
+def decode_image_rgb(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Decodes image file bytes (`what` names them in errors) as (H, W, 3) uint8 RGB, upright.
+
+  Grey, 16-bit, palette, RGBA and CMYK images are converted to 8-bit RGB; a JPEG's EXIF orientation (as
+  phones write it) is applied, so the array is the photo as a viewer shows it. More than `max_pixels`
+  pixels is an error raised before the pixels are decoded.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageOps, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
+  if not data:
+    raise InputError(f"{what}: empty file; expected a JPEG or PNG photo.")
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      w, h = im.size
+      if w * h > max_pixels:
+        raise TooLargeError(f"{what}: {w}x{h} = {w * h / 1e6:.1f} megapixels; at most "
+                         f"{max_pixels / 1e6:.0f} megapixels are accepted (scale the photo down).")
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits, not clip
+        im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+      return np.asarray(im.convert("RGB"))
+  except InputError:
+    raise
+  except UnidentifiedImageError:
+    raise InputError(f"{what}: not a readable image (no image format recognised in its {len(data)} "
+                     f"bytes, which start {data[:8]!r}); expected a JPEG or PNG photo.") from None
+  except ( OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise InputError(
+        f"{what}: not a readable image ({type(e).__name__}: {e}); expected a JPEG or PNG photo."
+    ) from e
+
+
+def read_image_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB, upright (see `decode_image_rgb`)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such image file.")
-  try:
-    with Image.open(path) as im:
-      im.load()
-      return np.asarray(im.convert("RGB"))
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise InputError(
-        f"{path}: not a readable image ({type(e).__name__}: {e}); expected a JPEG or PNG photo."
-    ) from e
+  with open(path, "rb") as f:
+    data = f.read()
+  return decode_image_rgb(data, path, max_pixels)
 
 
 def write_image_rgb(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -12,6 +12,7 @@ from vrn_jax.files import InputError, atomic_output
 from vrn_jax.geometry.crop import CropTransform
 from vrn_jax.geometry.voxelise import VOLUME_SHAPE, Z_SCALE
 
+ISO_LEVEL = 0.5  # the release's isosurface level on the soft (sigmoid) volume
 RAW_SHAPE = (200, 192, 192)  # the release's .raw: (z, y, x) uint8 = 255 * sigmoid, truncated
 
 
@@ -142,18 +143,61 @@ def volume_to_mesh(volume: np.ndarray, level: float = 0.5, image: np.ndarray | N
   return Mesh(vertices, faces, colors)
 
 
+MESH_FORMATS = ("obj", "ply", "glb")
+# glTF's frame is y up (ours: y down) in metres: a GLB holds (x, -y, z) * GLB_METRES_PER_PIXEL, its
+# triangles rewound so that they still face outward after the mirroring.
+GLB_METRES_PER_PIXEL = 0.001
+_GLB_MATERIAL = {"name": "skin", "doubleSided": False,
+                 # Not metallic: glTF's default material is fully metallic, which shows vertex colours
+                 # as tinted reflections.
+                 "pbrMetallicRoughness": {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
+                                          "roughnessFactor": 0.85}}
+
+
+def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
+  """The mesh as a file's bytes: 'obj' (text, vertex colours as extra columns), 'ply' (binary, vertex
+  colours) or 'glb' (binary glTF 2.0: positions, smooth normals, COLOR_0, one non-metallic material)."""
+  if fmt not in MESH_FORMATS:
+    raise InputError(f"mesh format {fmt!r}; expected one of {', '.join(MESH_FORMATS)}.")
+  if fmt == "obj":
+    tm = mesh.to_trimesh()
+    return tm.export(file_type="obj", include_color=mesh.colors is not None,
+                     include_normals=False).encode("utf-8")
+  if fmt == "ply":
+    return mesh.to_trimesh().export(file_type="ply", encoding="binary")
+  flipped = Mesh(mesh.vertices * np.array([1.0, -1.0, 1.0]) * GLB_METRES_PER_PIXEL,
+                 mesh.faces[:, ::-1], mesh.colors)
+  return _with_glb_material(flipped.to_trimesh().export(file_type="glb", include_normals=True))
+
+
+def _with_glb_material(glb: bytes) -> bytes:
+  """Adds `_GLB_MATERIAL` to every primitive of trimesh's one-buffer GLB (trimesh writes vertex-coloured
+  meshes with no material) and re-packs the container."""
+  import json  # pylint: disable=g-import-not-at-top  (only GLB export needs it)
+  import struct  # pylint: disable=g-import-not-at-top
+
+  magic, version, _ = struct.unpack_from("<4sII", glb, 0)
+  json_len, json_type = struct.unpack_from("<I4s", glb, 12)
+  if magic != b"glTF" or version != 2 or json_type != b"JSON":
+    raise ValueError("trimesh wrote an unexpected GLB container.")
+  doc = json.loads(glb[20:20 + json_len])
+  rest = glb[20 + json_len:]  # the BIN chunk, header included
+  doc["materials"] = [_GLB_MATERIAL]
+  for m in doc.get("meshes", []):
+    for primitive in m["primitives"]:
+      primitive["material"] = 0
+  text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+  text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
+  total = 12 + 8 + len(text) + len(rest)
+  return struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text + rest
+
+
 def save_mesh(path: str | os.PathLike, mesh: Mesh) -> None:
-  """Writes .obj or .ply (with per-vertex colours when present) through trimesh, atomically."""
+  """Writes .obj, .ply (with per-vertex colours when present) or .glb (see `mesh_bytes`), atomically."""
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
-  if ext not in (".obj", ".ply"):
-    raise InputError(f"{path}: unsupported mesh extension {ext!r}; expected .obj or .ply.")
-  tm = mesh.to_trimesh()
-  with atomic_output(path) as tmp:
-    if ext == ".obj":
-      data = tm.export(file_type="obj", include_color=mesh.colors is not None, include_normals=False)
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    else:
-      with open(tmp, "wb") as f:
-        f.write(tm.export(file_type="ply", encoding="binary"))
+  if ext[1:] not in MESH_FORMATS:
+    raise InputError(f"{path}: unsupported mesh extension {ext!r}; expected .obj, .ply or .glb.")
+  data = mesh_bytes(mesh, ext[1:])
+  with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    f.write(data)

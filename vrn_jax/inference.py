@@ -1,0 +1,264 @@
+"""Restoring checkpoints and batched inference on every local device: used by evaluation, photo
+reconstruction and the web app.
+
+`load_config` + `restore_variables` give a model's config and weights from a training directory;
+`Predictor` runs the soft volume (and VRN-Guided's landmark detector) on batches of 192x192 crops,
+`jax.pmap`ped over the local devices, the last batch padded and the padding dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import jax_utils
+
+from vrn_jax import models, train
+from vrn_jax.data import augment, pipeline
+from vrn_jax.files import InputError
+from vrn_jax.geometry.crop import CROP_SIZE
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def load_config(workdir: str, config=None):
+  """The config to evaluate `workdir` with: `config` if given (checked against `workdir/config.json`),
+  else `workdir/config.json` as written by training."""
+
+
+  if not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir}: no such directory; expected a training directory with "
+                     "checkpoints/ and config.json (python run_train.py --workdir=DIR makes one).")
+  path = os.path.join(workdir, "config.json")
+  if config is not None:
+    train.check_workdir_model(config, workdir, optimiser=False)  # evaluation needs no optimiser state
+    return config
+  if not os.path.isfile(path):
+    raise InputError(f"{path}: no such file; {workdir} holds no training config. Pass the config the "
+                     "checkpoint was trained with, e.g. --config=configs/default.py.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except ValueError as e:
+    raise InputError(f"{path}: not a readable JSON config ({e}).") from e
+
+
+def _abstract_variables(config) -> dict:
+  model = train.create_model(config, axis_name=None)
+  images = jax.ShapeDtypeStruct((1, CROP_SIZE, CROP_SIZE, 3), jnp.float32)
+  return jax.eval_shape(lambda rng: model.lazy_init(rng, images, train=False), jax.random.key(0))
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def restore_variables(config, workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """{'params', 'batch_stats'} of checkpoint `step` (default: the latest) in `workdir/checkpoints`, as
+  NumPy arrays, checked against the model of `config`.
+
+  Any Orbax checkpoint in train.py's layout ({'step', 'params', 'batch_stats', 'opt_state'}, optionally
+  'ema_params') is accepted; only params (the moving average when saved) and batch_stats are used.
+  Restored without the saved device layout, so a checkpoint written on accelerators restores on a CPU.
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise InputError(f"{directory}: no such checkpoint directory; train first (python run_train.py "
+                     f"--workdir={workdir}) or point --workdir at a training directory.")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
+                             options=options) as manager:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise InputError(f"{directory}: no checkpoints in it; train first (python run_train.py "
+                       f"--workdir={workdir}).")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise InputError(f"{directory}: no checkpoint of step {step}; it has steps {steps}.")
+    metadata = manager.item_metadata(step)
+    if metadata is None or "params" not in metadata or "batch_stats" not in metadata:
+      found = sorted(metadata) if metadata is not None else "nothing readable"
+      raise InputError(f"{directory}/{step}: not a vrn_jax checkpoint (found {found}); expected "
+                       "'params' and 'batch_stats' (train.py's layout).")
+    expected = _abstract_variables(config)
+    _check_model(config, directory, step, expected, metadata)
+    # ShapeDtypeStructs without a sharding restore as NumPy arrays, whatever devices wrote them.
+    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metadata)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  # A run with config.ema_decay > 0 saved a moving average of its weights: that is the model it evaluated.
+  variables = {"params": restored.get("ema_params", restored["params"]),
+               "batch_stats": restored["batch_stats"]}
+  return variables, int(step)
+
+
+def _check_model(config, directory: str, step: int, expected: dict, metadata) -> None:
+  """A checkpoint whose arrays do not match the config's model is an error naming the differences."""
+  only_checkpoint, only_model, other_shape = [], [], []
+  for collection in ("params", "batch_stats"):
+    want = _shapes(expected.get(collection, {}))
+    have = _shapes(metadata[collection])
+    only_checkpoint += [collection + k for k in sorted(set(have) - set(want))]
+    only_model += [collection + k for k in sorted(set(want) - set(have))]
+    other_shape += [f"{collection}{k}: checkpoint {have[k]} vs model {want[k]}"
+                    for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+  details = [f"{len(found)} {what} (e.g. {found[0]})" for found, what in (
+      (other_shape, "arrays of other shapes"), (only_checkpoint, "arrays only in the checkpoint"),
+      (only_model, "arrays missing from the checkpoint")) if found]
+  if details:
+    m = config.model
+    raise InputError(
+        f"{directory}/{step} holds a checkpoint of another model than the config's ({m.variant}, "
+        f"{m.topology}, {m.features} features, depth {m.depth}): {'; '.join(details)}. Use the config "
+        "it was trained with (the workdir's config.json).")
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
+  """(B, H, W, L) landmark heatmaps -> (B, L, 2) (x, y) pixel positions: each channel's maximum, refined
+  to sub-pixel by a parabola through the log-values of it and its two neighbours along x and along y
+  (exact for the Gaussians the networks are trained to produce)."""
+  h = np.asarray(heatmaps, np.float64)
+  b, height, width, count = h.shape
+  peak = np.argmax(h.reshape(b, height * width, count), axis=1)  # (B, L)
+  py, px = np.divmod(peak, width)
+  bi, li = np.arange(b)[:, None], np.arange(count)[None, :]
+
+  def refine(centre, size, sample):
+    inner = (centre > 0) & (centre < size - 1)
+    lo, mid, hi = (np.log(np.maximum(sample(np.clip(centre + d, 0, size - 1)), 1e-12))
+                   for d in (-1, 0, 1))
+    curvature = lo - 2 * mid + hi
+    ok = inner & (curvature < 0)
+    offset = np.where(ok, (lo - hi) / (2 * np.where(ok, curvature, -1.0)), 0.0)
+    return centre + np.clip(offset, -1.0, 1.0)
+
+  x = refine(px, width, lambda c: h[bi, py, c, li])
+  y = refine(py, height, lambda c: h[bi, c, px, li])
+  return np.stack([x, y], axis=-1)
+
+
+def _volume_logits(model, variables, images):
+  out = model.apply(variables, images, train=False)
+  return out["volume"] if isinstance(out, dict) else out
+
+
+def _eval_forward(model, variables, batch):
+  """Per replica: soft volumes (b, 192, 192, 200) float32 and IoU (b,) against the decoded targets."""
+  # No augmentation: the crop as stored (float in [0, 1]) and its target, as train.eval_step sees them.
+  images, targets, _ = jax.vmap(lambda e: augment.augment_example(None, e, None, train=False))(batch)
+  logits = _volume_logits(model, variables, images)
+  pred = logits > 0.0
+  inter = jnp.sum(pred & targets, axis=(1, 2, 3))
+  union = jnp.sum(pred | targets, axis=(1, 2, 3))
+  return jax.nn.sigmoid(logits), inter / jnp.maximum(union, 1)
+
+
+def _photo_forward(model, variables, images):
+  """Per replica: (b, 192, 192, 3) uint8 crops -> (b, 192, 192, 200) float32 soft volumes."""
+  return jax.nn.sigmoid(_volume_logits(model, variables, images.astype(jnp.float32) / 255.0))
+
+
+def _detector_forward(detector, variables, images):
+  return detector.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[-1]
+
+
+class Predictor:
+  """Batched inference on every local device (`jax.pmap`); the last batch is padded, padding dropped.
+
+  Attributes:
+    batch_size: images per call, a multiple of the local device count.
+    small_batches: pad a short batch only to the next power of two (one compilation per size; for
+      serving, where most calls hold one photo) instead of to `batch_size`.
+  """
+
+  def __init__(self, config, variables: dict, batch_size: int | None = None,
+               small_batches: bool = False):
+    self.config = config
+    self.small_batches = small_batches
+    self.model = train.create_model(config, axis_name=None)
+    self.num_devices = jax.local_device_count()
+    size = int(batch_size or config.eval_batch_size)
+    self.batch_size = max(self.num_devices, size - size % self.num_devices)
+    self._variables = jax_utils.replicate(variables)
+    self._eval = jax.pmap(functools.partial(_eval_forward, self.model))
+    self._photo = jax.pmap(functools.partial(_photo_forward, self.model))
+    self.has_detector = config.model.variant == "vrn_guided"
+    if self.has_detector:
+      m = self.model
+      detector = models.LandmarkDetector(
+          features=m.features, num_hourglasses=m.num_detector_hourglasses, depth=m.depth,
+          num_landmarks=m.num_landmarks, dtype=m.dtype, param_dtype=m.param_dtype)
+      self._detector_variables = jax_utils.replicate(
+          {"params": variables["params"]["detector"],
+           "batch_stats": variables["batch_stats"]["detector"]})
+      self._detect = jax.pmap(functools.partial(_detector_forward, detector))
+
+  def padded_size(self, n: int) -> int:
+    """The batch `n` images run as: `batch_size`, or with `small_batches` the smallest power of two
+    (times the device count) that holds them, so that one photo costs one forward pass, not a batch."""
+    if not self.small_batches:
+      return self.batch_size
+    size = self.num_devices
+    while size < n:
+      size *= 2
+    return min(size, self.batch_size)
+
+  def _shard(self, arrays: dict) -> tuple[dict, int]:
+    """(n <= batch_size, ...) arrays -> (devices, padded / devices, ...), padded with the last row."""
+    n = len(next(iter(arrays.values())))
+    if n > self.batch_size:
+      raise ValueError(f"{n} images in one call; at most batch_size = {self.batch_size}.")
+    size = self.padded_size(n)
+    out = {}
+    for k, v in arrays.items():
+      v = np.asarray(v)
+      if n < size:
+        v = np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)])
+      out[k] = v.reshape(self.num_devices, size // self.num_devices, *v.shape[1:])
+    return out, n
+
+  @staticmethod
+  def _unshard(x, n: int) -> np.ndarray:
+    x = np.asarray(x)
+    return x.reshape(-1, *x.shape[2:])[:n]
+
+  def evaluate_batch(self, fields: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset fields (n <= batch_size rows, `pipeline.DEVICE_FIELDS` names) -> soft volumes
+    (n, 192, 192, 200) float32 and IoU (n,)."""
+
+    device = {k.replace("/", "_"): fields[k.replace("/", "_")] for k in pipeline.DEVICE_FIELDS}
+    sharded, n = self._shard(device)
+    probs, iou = self._eval(self._variables, sharded)
+    return self._unshard(probs, n), self._unshard(iou, n)
+
+  def warm_up(self) -> None:
+    """Compiles `volumes` for every batch size it will run (with `small_batches`, each power of two)."""
+    n = self.num_devices
+    while True:
+      self.volumes(np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.uint8))
+      if n >= self.batch_size or not self.small_batches:
+        return
+      n = min(2 * n, self.batch_size)
+
+  def volumes(self, crops: np.ndarray) -> np.ndarray:
+    """(n <= batch_size, 192, 192, 3) uint8 crops -> (n, 192, 192, 200) float32 soft volumes."""
+    sharded, n = self._shard({"image": crops})
+    return self._unshard(self._photo(self._variables, sharded["image"]), n)
+
+  def detect_landmarks(self, crops: np.ndarray) -> np.ndarray:
+    """VRN-Guided only: (n <= batch_size, 192, 192, 3) uint8 -> (n, 68, 2) detected crop landmarks."""
+    if not self.has_detector:
+      raise ValueError("detect_landmarks needs a VRN-Guided model.")
+    sharded, n = self._shard({"image": crops})
+    return heatmap_peaks(self._unshard(self._detect(self._detector_variables, sharded["image"]), n))
+
