@@ -59,3 +59,28 @@ def image_rotation(pitch_deg, yaw_deg, roll_deg):
 
   r = rotation_3ddfa(*np.deg2rad([pitch_deg, yaw_deg, roll_deg]))
   return FLIP_Y @ r @ FLIP_Y
+
+
+def save_slab_checkpoint(config, workdir, slab_depth):
+  """A checkpoint of `config`'s model (initialised) whose output layer predicts a fixed slab, occupied
+  for voxel z < slab_depth whatever the image: a real restore/inference/meshing path with a known
+  volume (an untrained network's volume hovers around 0.5 and meshes into noise)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  from vrn_jax import train
+
+  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10))
+  state = train.create_train_state(config, jax.random.key(0), tx)
+  params = jax.tree_util.tree_map(np.asarray, state.params)
+  out = params["head"]["out"]
+  out["kernel"] = np.zeros_like(out["kernel"])
+  out["bias"] = np.where(np.arange(out["bias"].size) < slab_depth, 4.0, -4.0).astype(np.float32)
+  state = state.replace(params=params, step=3)
+  manager = train.checkpoint_manager(workdir, 1)
+  manager.save(3, args=ocp.args.StandardSave({"step": state.step, "params": state.params,
+                                               "batch_stats": state.batch_stats,
+                                               "opt_state": state.opt_state}))
+  manager.wait_until_finished()
+  manager.close()
+  train.save_config(config, workdir)

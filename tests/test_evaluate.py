@@ -20,32 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, fixtures_dir
+from conftest import REPO, fixtures_dir, save_slab_checkpoint
 
 SLAB_DEPTH = 100  # the test checkpoint's volume: occupied for voxel z < SLAB_DEPTH
 NUM_FACES = 3
 REACH_PX = 20.0  # the independent NME looks for closest points on triangles this close to the face
-
-
-def _save_slab_checkpoint(config, workdir):
-  import orbax.checkpoint as ocp
-
-  from vrn_jax import train
-
-  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10))
-  state = train.create_train_state(config, jax.random.key(0), tx)
-  params = jax.tree_util.tree_map(np.asarray, state.params)
-  out = params["head"]["out"]
-  out["kernel"] = np.zeros_like(out["kernel"])
-  out["bias"] = np.where(np.arange(out["bias"].size) < SLAB_DEPTH, 4.0, -4.0).astype(np.float32)
-  state = state.replace(params=params, step=3)
-  manager = train.checkpoint_manager(workdir, 1)
-  manager.save(3, args=ocp.args.StandardSave({"step": state.step, "params": state.params,
-                                               "batch_stats": state.batch_stats,
-                                               "opt_state": state.opt_state}))
-  manager.wait_until_finished()
-  manager.close()
-  train.save_config(config, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +48,7 @@ def tiny(tmp_path_factory):
   config.data.config = config.data.eval_config = "aflw2000_3d"
   config.data.train_split = config.data.eval_split = "test"
   workdir = str(root / "work")
-  _save_slab_checkpoint(config, workdir)
+  save_slab_checkpoint(config, workdir, SLAB_DEPTH)
   return {"root": root, "manual": manual, "data_dir": str(root / "data"), "workdir": workdir,
           "config": config}
 
