@@ -31,6 +31,7 @@ flags.DEFINE_float("max_wait_ms", 20.0, "How long a forward pass waits for other
 flags.DEFINE_float("max_upload_mb", 25.0, "Largest upload accepted (HTTP 413 above).")
 flags.DEFINE_float("max_megapixels", 40.0, "Largest photo accepted (HTTP 413 above).")
 flags.DEFINE_integer("max_connections", 64, "Concurrent connections served; more get HTTP 503.")
+flags.DEFINE_integer("max_active", 4, "Photos reconstructed at once (bounds memory); more wait.")
 
 
 def main(argv):
@@ -43,7 +44,7 @@ def main(argv):
   try:
     serve.run(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.host, FLAGS.port, FLAGS.batch_size,
               FLAGS.max_wait_ms / 1000, int(FLAGS.max_upload_mb * 2**20),
-              int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections)
+              int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections, FLAGS.max_active)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -5,6 +5,8 @@ configs/vrn.py, configs/vrn_multitask.py, configs/vrn_guided.py. Any field can b
 line, e.g. `--config.optim.learning_rate=3e-4`.
 """
 
+import os
+
 import ml_collections
 
 from vrn_jax.models import default_model_config
@@ -51,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.body_stride = 2
 
   config.data = ml_collections.ConfigDict(dict(
-      data_dir="~/tensorflow_datasets",
+      # tfds' own convention: $TFDS_DATA_DIR where set.
+      data_dir=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"),
       config="synthetic",      # vrn_faces config: 'synthetic' | '300w_lp' (train) / 'aflw2000_3d' (eval)
       train_split="train",
       eval_config="synthetic",

@@ -23,7 +23,7 @@ from vrn_jax import reconstruct
 from vrn_jax.face_finder import Face, FaceFinder
 from vrn_jax.files import decode_image_rgb
 from vrn_jax.geometry.crop import CropTransform, crop_image
-from vrn_jax.geometry.isosurface import Mesh, mesh_bytes
+from vrn_jax.geometry.isosurface import MESH_FORMATS, Mesh, mesh_bytes
 
 STAGES = ("decode", "find", "crop", "forward", "mesh", "encode")
 
@@ -51,6 +51,11 @@ class Reconstruction:
 
   def file_name(self, index: int, fmt: str) -> str:
     return f"{reconstruct.face_names(self.name, len(self.faces))[index]}.{fmt}"
+
+
+def _compact(mesh: Mesh) -> Mesh:
+  """The mesh in float32 / int32, half the memory of a kept result (its files are float32 anyway)."""
+  return Mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.int32), mesh.colors)
 
 
 class _Batcher:
@@ -99,12 +104,16 @@ class Engine:
     finder: the face finder.
     max_wait_s: how long the batcher waits for more requests' crops before running a batch.
     max_pixels: larger photos are refused (`TooLargeError`).
+    max_active: photos reconstructed at once; more wait their turn. Each holds its photo, a 29 MB soft
+      volume per face and the meshing's working memory, so this bounds the server's memory; the
+      batcher can only batch faces of photos that are active together.
     keep: how many results are kept for their downloads (oldest dropped first).
   """
 
   def __init__(self, predictor, finder: FaceFinder, max_wait_s: float = 0.02,
-               max_pixels: int = 40_000_000, keep: int = 32):
+               max_pixels: int = 40_000_000, max_active: int = 4, keep: int = 16):
     self.predictor, self.finder, self.max_pixels, self._keep = predictor, finder, max_pixels, keep
+    self._active = threading.BoundedSemaphore(max_active)
     self._batcher = _Batcher(predictor.volumes, predictor.batch_size, max_wait_s)
     self._finder_lock = threading.Lock()  # dlib's CNN detector is not reentrant
     self._results: collections.OrderedDict[str, Reconstruction] = collections.OrderedDict()
@@ -117,6 +126,10 @@ class Engine:
   def reconstruct(self, data: bytes, what: str = "photo", name: str = "face") -> Reconstruction:
     """`what` names the upload in errors, `name` its files. Raises `InputError` (a subclass for no face:
     `NoFaceError`; too large: `TooLargeError`)."""
+    with self._active:
+      return self._reconstruct(data, what, name)
+
+  def _reconstruct(self, data: bytes, what: str, name: str) -> Reconstruction:
     timing = {}
     t = time.perf_counter()
 
@@ -136,7 +149,8 @@ class Engine:
     futures = [self._batcher.submit(c) for c in crops]
     volumes = [f.result() for f in futures]
     lap("forward")
-    meshes = [reconstruct.face_mesh(c, v, what) for c, v in zip(crops, volumes)]
+    meshes = [_compact(reconstruct.face_mesh(c, v, what)) for c, v in zip(crops, volumes)]
+    del volumes
     lap("mesh")
     faces = [FaceResult(m, c.transform, c.face, mesh_bytes(m, "glb")) for m, c in zip(meshes, found)]
     lap("encode")
@@ -153,6 +167,11 @@ class Engine:
       return self._results.get(result_id)
 
   def warm_up(self) -> None:
-    """Compiles every batch size, and runs the finder once (its models load lazily)."""
+    """Compiles every batch size, runs the finder once (its CNN loads lazily) and encodes a small mesh
+    in each format (the exporters' first call costs a few hundred milliseconds)."""
     self.predictor.warm_up()
     self.finder.find(np.zeros((64, 64, 3), np.uint8))
+    tetrahedron = Mesh(np.eye(4, 3), np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]),
+                       np.full((4, 3), 200, np.uint8))
+    for fmt in MESH_FORMATS:
+      mesh_bytes(tetrahedron, fmt)

@@ -23,7 +23,7 @@ def no_model_message(workdir: str, problem: str) -> str:
 
 
 def load_engine(workdir: str, config=None, step: int | None = None, batch_size: int = 4,
-                max_wait_s: float = 0.02, max_pixels: int = 40_000_000):
+                max_wait_s: float = 0.02, max_pixels: int = 40_000_000, max_active: int = 4):
   """(engine, model description), or (None, the message that says how to get a model)."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -39,7 +39,8 @@ def load_engine(workdir: str, config=None, step: int | None = None, batch_size: 
   except InputError as e:
     return None, no_model_message(workdir, str(e))
   predictor = inference.Predictor(config, variables, batch_size, small_batches=True)
-  engine = Engine(predictor, DlibFaceFinder(), max_wait_s=max_wait_s, max_pixels=max_pixels)
+  engine = Engine(predictor, DlibFaceFinder(), max_wait_s=max_wait_s, max_pixels=max_pixels,
+                  max_active=max_active)
   t0 = time.perf_counter()
   engine.warm_up()
   m = config.model
@@ -52,8 +53,9 @@ def load_engine(workdir: str, config=None, step: int | None = None, batch_size: 
 
 def run(workdir: str, config=None, step: int | None = None, host: str = "127.0.0.1", port: int = 8000,
         batch_size: int = 4, max_wait_s: float = 0.02, max_upload_bytes: int = 25 * 2**20,
-        max_pixels: int = 40_000_000, max_connections: int = 64) -> None:
-  engine, description = load_engine(workdir, config, step, batch_size, max_wait_s, max_pixels)
+        max_pixels: int = 40_000_000, max_connections: int = 64, max_active: int = 4) -> None:
+  engine, description = load_engine(workdir, config, step, batch_size, max_wait_s, max_pixels,
+                                    max_active)
   if engine is None:
     logging.warning("%s", description)
   app = server.create_app(engine, model=description if engine else "",
