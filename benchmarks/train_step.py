@@ -84,7 +84,7 @@ def plans(quick: bool, tiny: bool, accelerator: bool) -> dict[str, Plan | str]:
 
 def size_config(size: str):
   """The training config of a size ('paper' | 'reduced' | 'tiny')."""
-  from configs import default, vrn  # pylint: disable=g-import-not-at-top
+  from vrn_jax.configs import default, vrn  # pylint: disable=g-import-not-at-top
 
   if size == "paper":
     return vrn.get_config()

@@ -1,11 +1,3 @@
-"""VRN-Guided at the paper's size: a stacked-hourglass landmark detector, and a volume network on RGB + 68
-heatmaps; ground-truth landmarks when training, detected ones at test time."""
+"""The packaged config vrn_jax/configs/vrn_guided.py, under the path `--config=configs/vrn_guided.py` names."""
 
-from configs import vrn
-
-
-def get_config(arg: str | None = None):
-  config = vrn.get_config(arg)
-  config.model.variant = "vrn_guided"
-  config.model.num_detector_hourglasses = 2
-  return config
+from vrn_jax.configs.vrn_guided import get_config  # pylint: disable=unused-import

@@ -1,11 +1,3 @@
-"""VRN-Multitask at the paper's size: three hourglasses, the first shared, feeding a 68-landmark heatmap
-head and the volume head."""
+"""The packaged config vrn_jax/configs/vrn_multitask.py, under the path `--config=configs/vrn_multitask.py` names."""
 
-from configs import vrn
-
-
-def get_config(arg: str | None = None):
-  config = vrn.get_config(arg)
-  config.model.variant = "vrn_multitask"
-  config.model.num_shared_hourglasses = 1
-  return config
+from vrn_jax.configs.vrn_multitask import get_config  # pylint: disable=unused-import

@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
   holding the slab checkpoint of the test config."""
   import tensorflow_datasets as tfds
 
-  from configs import default
+  from vrn_jax.configs import default
   from vrn_jax.data.synthetic import write_aflw2000_tree
   from vrn_jax.datasets.vrn_faces import Builder
 
@@ -338,7 +338,7 @@ def test_another_models_checkpoint_is_a_clear_error(tiny, tmp_path):
   assert "holds checkpoints of another model (features: checkpoint 8 vs config 16)" in r.stderr
 
   # Without a config.json: the checkpoint's arrays are checked against the config's model.
-  from configs import default
+  from vrn_jax.configs import default
   from vrn_jax import evaluate
   from vrn_jax.files import InputError
 

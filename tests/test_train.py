@@ -35,7 +35,7 @@ def _overrides(data_dir, **extra):
 
 
 def _config(data_dir, **extra):
-  from configs import default
+  from vrn_jax.configs import default
 
   config = default.get_config("test")
   config.data.data_dir = data_dir

@@ -66,7 +66,7 @@ def _stop(proc):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-  from configs import default
+  from vrn_jax.configs import default
 
   workdir = str(tmp_path_factory.mktemp("web") / "work")
   save_slab_checkpoint(default.get_config("test"), workdir, SLAB_DEPTH)

@@ -71,3 +71,23 @@ def exit_on_bad_config_overrides(argv: list[str], default_config: str | None) ->
   except (InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_absl_command(main: Callable[[list[str]], None], define_flags: Callable[[], None],
+                     module_name: str, default_config: str | None) -> None:
+  """Runs an absl command defined in `module_name` (flags and docstring) as the program: checks the
+  `--config.x=y` overrides (a bad one: one line, exit 2), defines the flags, runs `main`.
+
+  absl's --help lists the flags and prints the docstring of the program's own module (sys.argv[0],
+  `__main__`); the commands' flags live in vrn_jax/commands/*.py, which neither `python run_*.py` nor the
+  installed `vrn-*` script is, so they are declared the program's, and its docstring theirs.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+  exit_on_bad_config_overrides(sys.argv[1:], default_config)
+  define_flags()
+  module = sys.modules[module_name]
+  for flag in flags.FLAGS.get_key_flags_for_module(module):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  sys.modules["__main__"].__doc__ = module.__doc__
+  app.run(main)

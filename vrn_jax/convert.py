@@ -49,5 +49,10 @@ def main(argv: list[str]) -> None:
   print(f"{args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces")
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The installed command's entry point."""
   sys.exit(cli.run_main(main))
+
+
+if __name__ == "__main__":
+  console()

@@ -80,5 +80,10 @@ def main(argv: list[str]) -> None:
     print(f"{numbered(args.output, i, n)}: face {i + 1} of {n}, scale {transform.scale:.4f}")
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The installed command's entry point."""
   sys.exit(cli.run_main(main))
+
+
+if __name__ == "__main__":
+  console()
