@@ -160,6 +160,26 @@ def test_cli_runs_logs_and_checkpoints(data_dir, tmp_path):
   assert "eval" in lines[-1] and 0 <= lines[-1]["eval"]["iou"] <= 1
   assert json.load(open(workdir / "config.json"))["model"]["features"] == 8
   assert _checkpoint(str(workdir))[0] == 3
+  # The same figures as TensorBoard summaries, and the held-out examples as images.
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"), size_guidance={"tensors": 0})
+  events.Reload()
+  losses = [(e.step, float(np.asarray(tf_value(e)))) for e in events.Tensors("loss")]
+  assert losses == [(l["step"], pytest.approx(l["loss"], rel=1e-6)) for l in lines if "loss" in l]
+  (iou,) = events.Tensors("eval/iou")
+  assert float(tf_value(iou)) == pytest.approx(lines[-1]["eval"]["iou"], rel=1e-6)
+  (image,) = events.Tensors("eval/crop_prediction_target")
+  width, height = (int(v) for v in tf_value(image)[:2])  # an image summary: width, height, PNGs
+  shown = min(8, json.load(open(workdir / "config.json"))["eval_examples"])
+  assert (width, height) == (3 * 192, 192) and len(tf_value(image)) == 2 + shown
+
+
+def tf_value(event):
+  """A TensorBoard tensor event's value as NumPy (its TensorProto decoded by TensorFlow)."""
+  import tensorflow as tf
+
+  return tf.make_ndarray(event.tensor_proto)
 
 
 def test_resume_is_exact(data_dir, tmp_path):

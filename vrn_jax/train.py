@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from clu import metric_writers
 from flax import jax_utils
 from flax.training import train_state
 
@@ -272,7 +273,17 @@ def eval_step(config, model, state: TrainState, batch: dict):
   pred = logits > 0.0
   inter = jnp.sum(pred & targets, axis=(1, 2, 3))
   union = jnp.sum(pred | targets, axis=(1, 2, 3))
-  return {"iou": inter / jnp.maximum(union, 1), "loss": jnp.broadcast_to(loss, inter.shape)}
+  return {"iou": inter / jnp.maximum(union, 1), "loss": jnp.broadcast_to(loss, inter.shape),
+          "depth": front_depth(pred), "target_depth": front_depth(targets)}
+
+
+def front_depth(volumes: jax.Array) -> jax.Array:
+  """(B, 192, 192, 200) bool -> (B, 192, 192) uint8 front surface: the nearest occupied voxel's z
+  (z grows toward the camera) scaled to 1..255, 0 where the column is empty (the summaries' images)."""
+  z = jnp.arange(volumes.shape[-1], dtype=jnp.int32)
+  nearest = jnp.max(jnp.where(volumes, z, -1), axis=-1)
+  scaled = 1 + (nearest * 254) // (volumes.shape[-1] - 1)
+  return jnp.where(nearest >= 0, scaled, 0).astype(jnp.uint8)
 
 
 # ------------------------------------------------------------------------------------- checkpointing
@@ -380,12 +391,14 @@ def _unreplicate(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
 
 
-def evaluate(config, p_eval_step, state_repl, source, max_examples: int) -> dict:
-  """Mean IoU/loss over the first `max_examples` of `source` (all if < 0), on every local device."""
+def evaluate(config, p_eval_step, state_repl, source, max_examples: int, num_images: int = 0) -> dict:
+  """Mean IoU/loss over the first `max_examples` of `source` (all if < 0), on every local device; with
+  `num_images`, also 'images': (n, 192, 3 * 192, 3) uint8 rows of crop | predicted front-surface depth |
+  target depth for the first examples."""
   n = len(source) if max_examples < 0 else min(max_examples, len(source))
   devices = jax.local_device_count()
   batch = max(devices, config.eval_batch_size - config.eval_batch_size % devices)
-  ious, losses = [], []
+  ious, losses, images = [], [], []
   for start in range(0, n, batch):
     # One batch read at a time: a full evaluation split does not sit decoded in host memory.
     items = [pipeline.flatten_example(source[i]) for i in range(start, min(start + batch, n))]
@@ -396,8 +409,15 @@ def evaluate(config, p_eval_step, state_repl, source, max_examples: int) -> dict
     out = jax.device_get(p_eval_step(state_repl, stacked))
     ious.append(out["iou"].reshape(-1)[:real])
     losses.append(out["loss"].reshape(-1)[:real])
-  return {"iou": float(np.mean(np.concatenate(ious))), "loss": float(np.mean(np.concatenate(losses))),
-          "examples": n}
+    for j in range(min(real, num_images - len(images))):
+      depths = [np.repeat(out[k].reshape(-1, *out[k].shape[2:])[j][..., None], 3, axis=-1)
+                for k in ("depth", "target_depth")]
+      images.append(np.concatenate([items[j]["image"], *depths], axis=1))
+  result = {"iou": float(np.mean(np.concatenate(ious))),
+            "loss": float(np.mean(np.concatenate(losses))), "examples": n}
+  if images:
+    result["images"] = np.stack(images)
+  return result
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -445,6 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     seed=config.seed, num_threads=config.data.num_threads,
                                     start_batch=start_step)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  writer = summary_writer(workdir)
   logging.info("Training %s (%s, %d features) for %d steps (%d per epoch) on %d device(s), from step "
                "%d.", config.model.variant, config.model.topology, config.model.features, num_steps,
                steps_per_epoch, devices, start_step)
@@ -470,6 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if jax.process_index() == 0:
         with open(metrics_path, "a", encoding="utf-8") as f:
           f.write(json.dumps(record) + "\n")
+        writer.write_scalars(done, {k: v for k, v in record.items() if k != "step"})
       t_since, done_since = now, done
 
   pending = None  # (step, metrics) not yet looked at on the host
@@ -493,12 +515,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     manager.wait_until_finished()
     manager.close()
+    writer.flush()
 
   state = _unreplicate(state_repl)
   ensure_dataset(config, config.data.eval_config, config.data.eval_split)
   eval_source = pipeline.data_source(config.data.data_dir, config.data.eval_config,
                                      config.data.eval_split)
-  result = evaluate(config, p_eval_step, state_repl, eval_source, config.eval_examples)
+  result = evaluate(config, p_eval_step, state_repl, eval_source, config.eval_examples,
+                    num_images=SUMMARY_IMAGES)
+  images = result.pop("images", None)
   result["step"] = int(state.step)
   logging.info("held-out %s/%s: volume IoU %.4f, loss %.5f over %d examples (step %d)",
                config.data.eval_config, config.data.eval_split, result["iou"], result["loss"],
@@ -506,7 +531,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(metrics_path, "a", encoding="utf-8") as f:
       f.write(json.dumps({"eval": result}) + "\n")
+    writer.write_scalars(result["step"], {"eval/iou": result["iou"], "eval/loss": result["loss"]})
+    if images is not None:
+      writer.write_images(result["step"], {"eval/crop_prediction_target": images})
+  writer.close()
   return result
+
+
+SUMMARY_IMAGES = 8  # held-out examples shown in TensorBoard: crop | predicted depth | target depth
+
+
+def summary_writer(workdir: str):
+  """TensorBoard summaries in `workdir/tensorboard` (clu's writer, off the training thread), beside
+  metrics.jsonl; other processes of a multi-host run write none."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(
+      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
 
 
 def _hms(seconds: float) -> str:
