@@ -170,7 +170,7 @@ def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measure
 def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray) -> Measured:
   """Forward (train-mode BatchNorm) + volume loss + backward + RMSProp, jitted, on one device: the
   train step without augmentation and target decoding, its loss computed by the training code's own
-  `train._loss`."""
+  `train.loss_and_outputs`."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from vrn_jax import train  # pylint: disable=g-import-not-at-top
@@ -182,7 +182,7 @@ def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray)
   def step(state, images, targets):
     def loss_fn(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
-      loss, (_, _, new) = train._loss(config, model, variables, images, targets, None, train=True)  # pylint: disable=protected-access
+      loss, (_, _, new) = train.loss_and_outputs(config, model, variables, images, targets, None, train=True)
       return loss, new
 
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

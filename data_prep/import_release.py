@@ -265,7 +265,7 @@ def import_release(weights: str, workdir: str, force: bool = False) -> dict:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's directory is private; the workdir gets the usual mode
     manager = train.checkpoint_manager(tmp, config.keep_checkpoints)
     try:
-      items = train._state_dict(state)  # pylint: disable=protected-access
+      items = train.checkpoint_items(state)
       manager.save(0, args=ocp.args.StandardSave(items))
       manager.wait_until_finished()
     finally:

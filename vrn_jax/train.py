@@ -202,7 +202,7 @@ def _targets(config, batch, keys, train: bool):
   return jax.vmap(one)(keys, batch)
 
 
-def _loss(config, model, variables, images, targets, landmarks, train: bool, offsets=None):
+def loss_and_outputs(config, model, variables, images, targets, landmarks, train: bool, offsets=None):
   """Total loss and the volume logits, for any variant; returns (loss, (logits, aux, new_state)).
   offsets: where `targets` were sampled (see `_targets`), or None for whole volumes."""
   variant = config.model.variant
@@ -242,7 +242,7 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    return _loss(config, model, variables, images, targets, landmarks, train=True, offsets=offsets)
+    return loss_and_outputs(config, model, variables, images, targets, landmarks, train=True, offsets=offsets)
 
   (loss, (_, aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
@@ -269,7 +269,7 @@ def eval_step(config, model, state: TrainState, batch: dict):
   keys = jax.vmap(jax.random.wrap_key_data)(keys)
   images, targets, landmarks, _ = _targets(config, batch, keys, train=False)
   variables = {"params": eval_params(state), "batch_stats": state.batch_stats}
-  loss, (logits, _, _) = _loss(config, model, variables, images, targets, landmarks, train=False)
+  loss, (logits, _, _) = loss_and_outputs(config, model, variables, images, targets, landmarks, train=False)
   pred = logits > 0.0
   inter = jnp.sum(pred & targets, axis=(1, 2, 3))
   union = jnp.sum(pred | targets, axis=(1, 2, 3))
@@ -298,7 +298,7 @@ def checkpoint_manager(workdir: str, keep: int):
                                item_handlers=ocp.StandardCheckpointHandler(), options=options)
 
 
-def _state_dict(state: TrainState) -> dict:
+def checkpoint_items(state: TrainState) -> dict:
   tree = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state}
   if state.ema_params is not None:
@@ -344,7 +344,7 @@ def restore_latest(manager, state: TrainState) -> TrainState:
   # The restore target follows what the checkpoint holds: a run that turns the moving average on (off)
   # resumes from a checkpoint without (with) one; the average then starts from the restored weights (is
   # dropped).
-  target = _state_dict(state)
+  target = checkpoint_items(state)
   target.pop("ema_params", None)
   if "ema_params" in manager.item_metadata(step):
     target["ema_params"] = state.params  # the average has the weights' structure
@@ -510,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         finish(*pending)
         pending = None
-        manager.save(done, args=ocp.args.StandardSave(_state_dict(_unreplicate(state_repl))))
+        manager.save(done, args=ocp.args.StandardSave(checkpoint_items(_unreplicate(state_repl))))
         last_good = done
   finally:
     manager.wait_until_finished()

@@ -99,7 +99,7 @@ def decode_volume(depth: jax.Array, back: jax.Array, step: jax.Array, affine: ja
                   cols: jax.Array | None = None) -> jax.Array:
   """JAX twin of `vrn_jax.geometry.voxelise.decode_volume`: bool (192, 192, 200) (y, x, z).
 
-  The same rule (`voxelise._occupancy`) in the same float32 arithmetic, evaluated densely (cheap on an
+  The same rule (`voxelise.occupancy`) in the same float32 arithmetic, evaluated densely (cheap on an
   accelerator); the two agree except where a voxel centre sits within float32 rounding of the surface.
   `rows` (n,) / `cols` (m,) int: decode only those rows / columns of the volume, (n, m, 200).
   """
@@ -110,7 +110,7 @@ def decode_volume(depth: jax.Array, back: jax.Array, step: jax.Array, affine: ja
   k = jnp.arange(d, dtype=jnp.float32)[None, None, :]
   u, v, kf = ((row[0] * x + row[2] * k) + (row[1] * y + row[3]) for row in a)
   levels = jnp.pad(depth.astype(jnp.float32), 1)
-  return voxelise._occupancy(levels, back.astype(jnp.float32), step.astype(jnp.float32), u, v, kf,
+  return voxelise.occupancy(levels, back.astype(jnp.float32), step.astype(jnp.float32), u, v, kf,
                              xp=jnp)
 
 

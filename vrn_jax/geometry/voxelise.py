@@ -144,7 +144,7 @@ def encode_volume(vertices: np.ndarray, triangles: np.ndarray, rotation: np.ndar
                        affine=affine.astype(np.float32))
 
 
-def _occupancy(levels, back, step, u, v, kf, xp=np):
+def occupancy(levels, back, step, u, v, kf, xp=np):
   """The decoding rule, shared by the NumPy decoder and (with xp=jax.numpy) the on-device one.
 
   A voxel whose frontal position is (u, v, kf) is filled iff the nearest frontal cell is covered and
@@ -193,7 +193,7 @@ def _column_ranges(a: np.ndarray, bounds, shape):
 
 
 def decode_volume(compact: CompactVolume, shape: tuple[int, int, int] = VOLUME_SHAPE) -> np.ndarray:
-  """The binary (192, 192, 200) volume (y, x, z) that `compact` describes (rule: `_occupancy`).
+  """The binary (192, 192, 200) volume (y, x, z) that `compact` describes (rule: `occupancy`).
 
   float32 arithmetic in the same order as the on-device decoder. Only the voxels that can be filled are
   evaluated: per column, the k range where the frontal position falls inside the covered cells' box and
@@ -219,7 +219,7 @@ def decode_volume(compact: CompactVolume, shape: tuple[int, int, int] = VOLUME_S
   kk = k.astype(np.float32)
   u, v, kf = ((row[0] * x + row[2] * kk) + (row[1] * y + row[3]) for row in a)
   levels = _padded_levels(depth)
-  out[column * d + k] = _occupancy(levels, np.float32(compact.back), np.float32(compact.step), u, v, kf)
+  out[column * d + k] = occupancy(levels, np.float32(compact.back), np.float32(compact.step), u, v, kf)
   return out.reshape(shape)
 
 
@@ -247,7 +247,7 @@ def voxelise_dense_reference(compact: CompactVolume, shape: tuple[int, int, int]
   uv = [coords[1].ravel(), coords[0].ravel()]
   num = ndimage.map_coordinates(depth, uv, order=1, mode="constant", cval=0.0)
   den = ndimage.map_coordinates(covered, uv, order=1, mode="constant", cval=0.0)
-  # Nearest cell, rounding halves up as `_occupancy` does.
+  # Nearest cell, rounding halves up as `occupancy` does.
   nu, nv = np.floor(uv[1] + 0.5).astype(np.int64), np.floor(uv[0] + 0.5).astype(np.int64)
   inside = (nu >= 0) & (nu < depth.shape[1]) & (nv >= 0) & (nv < depth.shape[0])
   near = np.zeros(nu.shape)

@@ -100,12 +100,12 @@ class ParamTarget(NamedTuple):
 _OIHW_TO_HWIO = (2, 3, 1, 0)
 
 
-def _conv(key: str, path: tuple[str, ...]) -> dict[str, ParamTarget]:
+def conv_targets(key: str, path: tuple[str, ...]) -> dict[str, ParamTarget]:
   return {f"{key}.weight": ParamTarget("params", path + ("kernel",), _OIHW_TO_HWIO),
           f"{key}.bias": ParamTarget("params", path + ("bias",), None)}
 
 
-def _bn(key: str, path: tuple[str, ...]) -> dict[str, ParamTarget]:
+def bn_targets(key: str, path: tuple[str, ...]) -> dict[str, ParamTarget]:
   return {f"{key}.weight": ParamTarget("params", path + ("scale",), None),
           f"{key}.bias": ParamTarget("params", path + ("bias",), None),
           f"{key}.running_mean": ParamTarget("batch_stats", path + ("mean",), None),
@@ -115,10 +115,10 @@ def _bn(key: str, path: tuple[str, ...]) -> dict[str, ParamTarget]:
 def _residual(key: str, path: tuple[str, ...], has_skip: bool) -> dict[str, ParamTarget]:
   out = {}
   for bn, conv, index in (("bn1", "conv1", 0), ("bn2", "conv2", 3), ("bn3", "conv3", 6)):
-    out |= _bn(f"{key}.0.0.{index}", path + (bn,))
-    out |= _conv(f"{key}.0.0.{index + 2}", path + (conv,))
+    out |= bn_targets(f"{key}.0.0.{index}", path + (bn,))
+    out |= conv_targets(f"{key}.0.0.{index + 2}", path + (conv,))
   if has_skip:
-    out |= _conv(f"{key}.0.1.0", path + ("skip",))
+    out |= conv_targets(f"{key}.0.1.0", path + ("skip",))
   return out
 
 
@@ -144,7 +144,7 @@ def release_param_paths(num_hourglasses: int = 2, depth: int = 4) -> dict[str, P
   Returns:
     {torch key: ParamTarget(collection, path, transpose)}, in state-dict order.
   """
-  out = _conv("0", ("stem", "conv")) | _bn("1", ("stem", "bn"))
+  out = conv_targets("0", ("stem", "conv")) | bn_targets("1", ("stem", "bn"))
   out |= _residual("3", ("stem", "res_0"), True)   # 64 -> 128
   out |= _residual("5", ("stem", "res_1"), False)  # 128 -> 128, after the maxpool at 4
   out |= _residual("6", ("stem", "res_2"), True)   # 128 -> 256
@@ -152,9 +152,9 @@ def release_param_paths(num_hourglasses: int = 2, depth: int = 4) -> dict[str, P
     key, path = f"{7 + 2 * i}.1", (f"hourglass_{i}",)
     out |= _level(f"{key}.0", path + ("level",), depth)
     out |= _residual(f"{key}.2", path + ("res",), False)
-    out |= _conv(f"{key}.3.0", path + ("post_a_conv",)) | _bn(f"{key}.3.1", path + ("post_a_bn",))
-    out |= _conv(f"{key}.4.0", path + ("post_b_conv",)) | _bn(f"{key}.4.1", path + ("post_b_bn",))
+    out |= conv_targets(f"{key}.3.0", path + ("post_a_conv",)) | bn_targets(f"{key}.3.1", path + ("post_a_bn",))
+    out |= conv_targets(f"{key}.4.0", path + ("post_b_conv",)) | bn_targets(f"{key}.4.1", path + ("post_b_bn",))
   head = str(7 + 2 * num_hourglasses)
-  out |= _conv(f"{head}.0.0.0", ("head", "hidden_conv")) | _bn(f"{head}.0.0.1", ("head", "hidden_bn"))
-  out |= _conv(f"{head}.0.1", ("head", "out"))
+  out |= conv_targets(f"{head}.0.0.0", ("head", "hidden_conv")) | bn_targets(f"{head}.0.0.1", ("head", "hidden_bn"))
+  out |= conv_targets(f"{head}.0.1", ("head", "out"))
   return out

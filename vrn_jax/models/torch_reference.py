@@ -47,8 +47,8 @@ from vrn_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from vrn_jax.models.release import (LOWER_BLOCKS, LOWER_BLOCKS_INNERMOST, UPPER_BLOCKS, ParamTarget,
                                     release_param_paths)
 # The per-leaf rules (OIHW -> HWIO kernels, BN weight -> scale, running stats -> batch_stats): one home.
-from vrn_jax.models.release import _bn as _bn_targets  # pylint: disable=protected-access
-from vrn_jax.models.release import _conv as _conv_targets  # pylint: disable=protected-access
+from vrn_jax.models.release import bn_targets as _bn_targets
+from vrn_jax.models.release import conv_targets as _conv_targets
 
 TORCH_BN_MOMENTUM = 1.0 - BN_MOMENTUM  # PyTorch names the new batch's weight, flax the kept fraction
 OUTPUT_STRIDE = 4
