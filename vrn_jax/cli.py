@@ -76,7 +76,8 @@ def exit_on_bad_config_overrides(argv: list[str], default_config: str | None) ->
 def run_absl_command(main: Callable[[list[str]], None], define_flags: Callable[[], None],
                      module_name: str, default_config: str | None) -> None:
   """Runs an absl command defined in `module_name` (flags and docstring) as the program: checks the
-  `--config.x=y` overrides (a bad one: one line, exit 2), defines the flags, runs `main`.
+  `--config.x=y` overrides (a bad one: one line, exit 2), defines the flags, runs `main(argv)` (an
+  `InputError`: one `error:` line, exit 1).
 
   absl's --help lists the flags and prints the docstring of the program's own module (sys.argv[0],
   `__main__`); the commands' flags live in vrn_jax/commands/*.py, which neither `python run_*.py` nor the
@@ -84,10 +85,32 @@ def run_absl_command(main: Callable[[list[str]], None], define_flags: Callable[[
   """
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
   exit_on_bad_config_overrides(sys.argv[1:], default_config)
   define_flags()
   module = sys.modules[module_name]
-  for flag in flags.FLAGS.get_key_flags_for_module(module):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  for owner in (module, sys.modules[__name__]):  # (define_checkpoint_flags defines flags here)
+    for flag in flags.FLAGS.get_key_flags_for_module(owner):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   sys.modules["__main__"].__doc__ = module.__doc__
-  app.run(main)
+
+  def run(argv):
+    logging.set_verbosity(logging.INFO)
+    # Orbax narrates every checkpoint at INFO; keep the log to the command's own progress.
+    logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
+    sys.exit(run_main(main, argv[1:]))
+
+  app.run(run)
+
+
+def define_checkpoint_flags(workdir_default: str | None, workdir_help: str) -> None:
+  """--config, --workdir and --step of the commands that restore a trained model (evaluation, the web
+  app): the model's config is the workdir's config.json unless --config names a file."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's config.json).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", workdir_default, workdir_help, required=workdir_default is None)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -14,8 +14,9 @@ from vrn_jax import host_memory
 host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
+
+from vrn_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -23,11 +24,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command's flags (defined once any `--config.x=y` override has been checked: ml_collections
   applies the overrides as the flag is defined)."""
-  config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's config.json).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", "workdirs/default", "Training directory whose checkpoint reconstructs "
-                      "(python run_train.py writes workdirs/default).")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  cli.define_checkpoint_flags("workdirs/default", "Training directory whose checkpoint reconstructs "
+                              "(python run_train.py writes workdirs/default).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
   flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port; the address is printed).")
   flags.DEFINE_integer("batch_size", 4, "Most photos' faces in one forward pass (concurrent requests are "
@@ -41,24 +39,15 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
-  from vrn_jax.files import InputError
   from vrn_jax.web import serve
 
-  try:
-    serve.run(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.host, FLAGS.port, FLAGS.batch_size,
-              FLAGS.max_wait_ms / 1000, int(FLAGS.max_upload_mb * 2**20),
-              int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections, FLAGS.max_active)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  serve.run(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.host, FLAGS.port, FLAGS.batch_size,
+            FLAGS.max_wait_ms / 1000, int(FLAGS.max_upload_mb * 2**20),
+            int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections, FLAGS.max_active)
 
 
 def console() -> None:
   """The installed command's entry point."""
-  from vrn_jax import cli  # pylint: disable=g-import-not-at-top
-
   cli.run_absl_command(main, define_flags, __name__, None)
 
 

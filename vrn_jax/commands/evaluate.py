@@ -20,8 +20,9 @@ from vrn_jax import host_memory
 host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
+
+from vrn_jax import cli
 
 from vrn_jax import files
 
@@ -31,10 +32,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command's flags (defined once any `--config.x=y` override has been checked: ml_collections
   applies the overrides as the flag is defined)."""
-  config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's config.json).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Training directory: checkpoints/ and config.json.", required=True)
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  cli.define_checkpoint_flags(None, "Training directory: checkpoints/ and config.json.")
   # Evaluation.
   flags.DEFINE_integer("num_examples", -1, "Evaluate the first N examples of the split (-1: all).")
   flags.DEFINE_integer("export_meshes", 0, "Write <name>_pred.ply, <name>_gt.ply and <name>_landmarks.txt "
@@ -109,23 +107,15 @@ def _reconstruct() -> int:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
-  try:
-    if FLAGS.images:
-      sys.exit(_reconstruct())
-    if FLAGS.output_dir:
-      raise files.InputError("--output_dir is for --images; evaluation writes to W/eval/<step>/.")
-    _evaluate()
-  except files.InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if FLAGS.images:
+    sys.exit(_reconstruct())
+  if FLAGS.output_dir:
+    raise files.InputError("--output_dir is for --images; evaluation writes to W/eval/<step>/.")
+  _evaluate()
 
 
 def console() -> None:
   """The installed command's entry point."""
-  from vrn_jax import cli  # pylint: disable=g-import-not-at-top
-
   cli.run_absl_command(main, define_flags, __name__, None)
 
 

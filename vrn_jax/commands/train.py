@@ -13,10 +13,9 @@ from vrn_jax import host_memory
 host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from vrn_jax import files
 from vrn_jax.configs import DEFAULT_CONFIG
 
 FLAGS = flags.FLAGS
@@ -35,12 +34,9 @@ def main(argv):
   del argv
   from vrn_jax import train  # pylint: disable=g-import-not-at-top
 
-  logging.set_verbosity(logging.INFO)
-  # Orbax narrates every checkpoint at INFO; keep the log to training progress.
-  logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (files.InputError, train.NonFiniteLossError) as e:
+  except train.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"held-out volume IoU {result['iou']:.4f} ({result['examples']} examples, step {result['step']})")

@@ -33,6 +33,7 @@ import scipy.io
 from scipy.interpolate import PchipInterpolator
 
 from vrn_jax.files import atomic_output
+from vrn_jax.geometry.mesh import vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
 
 UNITS_PER_MM = 1000.0  # BFM-like micrometres
@@ -570,15 +571,6 @@ _MIDLINE_Y = {27: 3.0, 28: -9.0, 29: -21.0, 33: -49.0, 51: _MOUTH_Y + 8.0, 57: _
 _JAW_Y = [-3.0, -21.0, -39.0, -56.0, -72.0, -87.0, -99.0, -108.0]  # landmarks 0..7, left side
 
 
-def _normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-  """(N, 3) unit vertex normals (area-weighted; outward for this model's winding)."""
-  a, b, c = (points[triangles[:, i]] for i in range(3))
-  n_tri = np.cross(b - a, c - a)
-  n = np.stack([np.bincount(triangles.reshape(-1), np.repeat(n_tri[:, i], 3), minlength=len(points))
-                for i in range(3)], -1)
-  return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
 def _landmarks(t: _Template, points: np.ndarray) -> np.ndarray:
   """68 iBUG vertex indices on the mean face (0-based), mirror-symmetric."""
   nr, nc = t.grid_shape
@@ -590,7 +582,7 @@ def _landmarks(t: _Template, points: np.ndarray) -> np.ndarray:
   # Landmarks sit where the surface faces the camera in a frontal view (n_z >= 0.3): right on a
   # silhouette (the jaw line, the nose's underside) a landmark's depth would change by many voxels
   # within a pixel. So the nose base lies just on its front, the jaw line just inside the outline.
-  facing = _normals(points, t.triangles)[:, 2] >= 0.3
+  facing = vertex_normals(points, t.triangles)[:, 2] >= 0.3
   out = np.full(68, -1, np.int64)
 
   def nearest(candidates, target):

@@ -13,6 +13,7 @@ import weakref
 
 import numpy as np
 
+from vrn_jax.geometry.mesh import outward_triangle_normals, vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
 from vrn_jax.geometry.raster import rasterise
 
@@ -20,38 +21,6 @@ from vrn_jax.geometry.raster import rasterise
 #  22 brightness blotches; 10 redness blotches]
 TEX_PARA_SIZE = 40
 _BLOTCH_SEED = 1905
-
-
-def triangle_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-  """(T, 3) area-weighted normals, oriented away from the mesh's centre whatever the winding.
-
-  Winding alone cannot say which side is out: the y-down image frame is a mirror image of the model
-  frame, and other models may wind the other way. A face shell's vertex centroid lies behind it.
-  """
-  v = np.asarray(vertices, np.float64)
-  t = np.asarray(triangles, np.int64)
-  a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
-  n = np.cross(b - a, c - a)
-  used = np.zeros(len(v), bool)
-  used[t.reshape(-1)] = True
-  outward = np.sum(n * ((a + b + c) / 3.0 - v[used].mean(axis=0)))
-  return -n if outward < 0 else n
-
-
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray,
-                   face_normals: np.ndarray | None = None) -> np.ndarray:
-  """(N, 3) unit outward normals: area-weighted means of the adjacent triangles' normals.
-
-  face_normals: optional (T, 3) `triangle_normals(vertices, triangles)`, if already computed.
-  """
-  v = np.asarray(vertices, np.float64)
-  t = np.asarray(triangles, np.int64)
-  n_tri = triangle_normals(v, t) if face_normals is None else face_normals
-  n = np.zeros_like(v)
-  for axis in range(3):
-    n[:, axis] = np.bincount(t.reshape(-1), np.repeat(n_tri[:, axis], 3), minlength=len(v))
-  length = np.linalg.norm(n, axis=1, keepdims=True)
-  return n / np.maximum(length, 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,7 +109,8 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
   iod = float(np.linalg.norm(lm[45, :2] - lm[36, :2]))
   u = iod / 90.0  # one "millimetre" of a face with a 90 mm outer interocular distance
   xy = mean[:, :2]
-  normals = vertex_normals(mean, model.triangles)
+  mean64, triangles = np.asarray(mean, np.float64), np.asarray(model.triangles, np.int64)
+  normals = vertex_normals(mean64, triangles, outward_triangle_normals(mean64, triangles))
   face = np.asarray(model.face_mask, bool)
   front = face & (normals[:, 2] > -0.2)
 
@@ -328,7 +298,7 @@ def render_layers(vertices_img: np.ndarray, triangles: np.ndarray, vertex_albedo
   """
   v = np.asarray(vertices_img, np.float64)
   tri = np.asarray(triangles, np.int64)
-  n_tri = triangle_normals(v, tri)
+  n_tri = outward_triangle_normals(v, tri)
   facing = tri[n_tri[:, 2] > 0]  # z points to the camera
   normals = vertex_normals(v, tri, n_tri)
   raster = rasterise(v, facing, shape)

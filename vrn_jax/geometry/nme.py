@@ -45,6 +45,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from vrn_jax.files import InputError, atomic_output
+from vrn_jax.geometry.mesh import vertex_normals
 
 # iBUG 68 landmarks 37 and 46 (1-based): the outer eye corners, whose 3D distance normalises the NME.
 OUTER_EYE_CORNERS = (36, 45)
@@ -102,16 +103,6 @@ def _point_to_plane_step(moved: np.ndarray, target: np.ndarray, normals: np.ndar
   rotation = Rotation.from_rotvec(step[:3]).as_matrix()
   scale = 1.0 + float(step[6]) if with_scale else 1.0
   return rotation, scale * (centre @ -rotation.T) + centre + step[3:6], scale
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-  """(V, 3) unit area-weighted vertex normals of a triangle mesh (zero for unused vertices)."""
-  corners = vertices[faces]
-  face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-  normals = np.stack([np.bincount(faces.ravel(), np.repeat(face_normals[:, i], 3),
-                                  minlength=vertices.shape[0]) for i in range(3)], axis=1)
-  norm = np.linalg.norm(normals, axis=1, keepdims=True)
-  return np.divide(normals, norm, out=np.zeros_like(normals), where=norm > 0)
 
 
 def point_cloud_normals(points: np.ndarray, neighbours: int = 10,

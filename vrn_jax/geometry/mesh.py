@@ -1,0 +1,42 @@
+"""Triangle-mesh normals, the one home for them (the renderer, the NME's point-to-plane ICP and the
+procedural face model all use these)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def triangle_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+  """(T, 3) area-weighted triangle normals (not unit: |n| is twice the area), by the winding."""
+  v, t = np.asarray(vertices), np.asarray(triangles)
+  a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+  return np.cross(b - a, c - a)
+
+
+def outward_triangle_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+  """`triangle_normals`, flipped where needed to point away from the mesh's centre whatever the winding.
+
+  Winding alone cannot say which side is out: the y-down image frame is a mirror image of the model
+  frame, and other models may wind the other way. A face shell's vertex centroid lies behind it.
+  """
+  v, t = np.asarray(vertices), np.asarray(triangles)
+  n = triangle_normals(v, t)
+  used = np.zeros(len(v), bool)
+  used[t.reshape(-1)] = True
+  a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+  outward = np.sum(n * ((a + b + c) / 3.0 - v[used].mean(axis=0)))
+  return -n if outward < 0 else n
+
+
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray,
+                   face_normals: np.ndarray | None = None) -> np.ndarray:
+  """(V, 3) unit vertex normals, the area-weighted mean of the adjacent triangles' normals (zero for a
+  vertex no triangle uses).
+
+  face_normals: the (T, 3) triangle normals to average (default: `triangle_normals`, by the winding).
+  """
+  v, t = np.asarray(vertices), np.asarray(triangles)
+  n_tri = triangle_normals(v, t) if face_normals is None else face_normals
+  n = np.stack([np.bincount(t.reshape(-1), np.repeat(n_tri[:, i], 3), minlength=len(v))
+                for i in range(3)], axis=-1)
+  return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
