@@ -17,8 +17,8 @@ import numpy as np
 from vrn_jax import cli
 from vrn_jax.data import build, examples, pipeline
 from vrn_jax.data.face_model import build_face_model
-from vrn_jax.data.render import vertex_normals
 from vrn_jax.data.synthetic import sample_face
+from vrn_jax.geometry.mesh import outward_vertex_normals
 from vrn_jax.geometry.pose import Pose
 from vrn_jax.geometry.raster import depth_buffer
 from vrn_jax.geometry.voxelise import DEPTH_MAP_SHAPE, VOLUME_SHAPE, Z_SCALE, CompactVolume
@@ -117,7 +117,7 @@ def landmark_errors(model, face, example) -> np.ndarray:
   triangles = np.concatenate([model.face_triangles(), fill_triangles + len(vertices)])
   corners = points[triangles, :2]
   boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
-  normals = vertex_normals(vertices, model.triangles)
+  normals = outward_vertex_normals(vertices, model.triangles)
   errors = []
   for index, (x, y, z) in zip(model.landmark_indices, example["landmarks"]):
     normal = normals[index]

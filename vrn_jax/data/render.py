@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from vrn_jax.geometry.mesh import outward_triangle_normals, vertex_normals
+from vrn_jax.geometry.mesh import outward_triangle_normals, outward_vertex_normals, vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
 from vrn_jax.geometry.raster import rasterise
 
@@ -109,8 +109,7 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
   iod = float(np.linalg.norm(lm[45, :2] - lm[36, :2]))
   u = iod / 90.0  # one "millimetre" of a face with a 90 mm outer interocular distance
   xy = mean[:, :2]
-  mean64, triangles = np.asarray(mean, np.float64), np.asarray(model.triangles, np.int64)
-  normals = vertex_normals(mean64, triangles, outward_triangle_normals(mean64, triangles))
+  normals = outward_vertex_normals(mean, model.triangles)
   face = np.asarray(model.face_mask, bool)
   front = face & (normals[:, 2] > -0.2)
 

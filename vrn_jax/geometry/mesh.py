@@ -40,3 +40,9 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray,
   n = np.stack([np.bincount(t.reshape(-1), np.repeat(n_tri[:, i], 3), minlength=len(v))
                 for i in range(3)], axis=-1)
   return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def outward_vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+  """`vertex_normals` of `outward_triangle_normals`, in float64: outward whatever the winding."""
+  v, t = np.asarray(vertices, np.float64), np.asarray(triangles, np.int64)
+  return vertex_normals(v, t, outward_triangle_normals(v, t))
