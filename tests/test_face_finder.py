@@ -87,6 +87,17 @@ def test_cnn_detector_finds_a_near_profile_the_hog_one_misses(finder):
   assert x0 < cx < x1 and y0 < cy < y1
 
 
+def test_one_finder_serves_many_threads(finder):
+  """The web app calls one finder from many threads (dlib itself crashes when called that way)."""
+  import concurrent.futures
+
+  photos = [photo for _, photo, _ in _fixtures()]
+  expected = [finder.find(p)[0].box for p in photos]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    found = list(pool.map(lambda i: finder.find(photos[i % 5])[0].box, range(40)))
+  assert found == [expected[i % 5] for i in range(40)]
+
+
 def test_no_face_and_face_order(finder):
   from vrn_jax.face_finder import Face, order_faces
 

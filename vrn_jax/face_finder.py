@@ -13,8 +13,8 @@ The default finder (`DlibFaceFinder`) uses dlib (the `dlib-bin` wheel) with the 
     landmark files use. That model was trained on the iBUG 300-W data, whose licence excludes commercial
     use (see the README's licences).
 
-`FaceFinder` is the interface another finder implements (`find(photo) -> list[Face]`); `reconstruct.py`
-and the web app take any of them.
+`FaceFinder` is the interface another finder implements (`find(photo) -> list[Face]`, callable from
+several threads at once); `reconstruct.py` and the web app take any of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import abc
 import dataclasses
 import importlib.util
 import os
+import threading
 
 import numpy as np
 
@@ -125,24 +126,30 @@ class DlibFaceFinder(FaceFinder):
     self._predictor = dlib.shape_predictor(os.path.join(models, "shape_predictor_68_face_landmarks.dat"))
     self._cnn_path = os.path.join(models, "mmod_human_face_detector.dat")
     self._cnn = None  # loaded on first use: most photos never need it
+    # One dlib call at a time: without it, 8 threads finding faces in the fixture photos crash the
+    # process (segmentation fault). Reentrant: `find` holds it across its detector calls.
+    self._lock = threading.RLock()
     self.detect_side, self.cnn_fallback, self.cnn_side = detect_side, cnn_fallback, cnn_side
     self.min_score = min_score
 
   def detect_hog(self, photo: np.ndarray) -> list[tuple[tuple[float, ...], float]]:
     """Boxes (photo pixels) and scores of the HOG detector."""
     small, factor = _scaled(photo, self.detect_side)
-    rects, scores, _ = self._hog.run(small, 1, self.min_score)
+    with self._lock:
+      rects, scores, _ = self._hog.run(small, 1, self.min_score)
     return [((r.left() / factor, r.top() / factor, (r.right() + 1) / factor, (r.bottom() + 1) / factor),
              float(s)) for r, s in zip(rects, scores)]
 
   def detect_cnn(self, photo: np.ndarray) -> list[tuple[tuple[float, ...], float]]:
     """Boxes (photo pixels, mapped to the HOG detector's convention) and confidences of the CNN one."""
-    if self._cnn is None:
-      self._cnn = self._dlib.cnn_face_detection_model_v1(self._cnn_path)
     small, factor = _scaled(photo, self.cnn_side)
     upsample = 1 if max(small.shape[:2]) < self.cnn_side else 0
+    with self._lock:
+      if self._cnn is None:
+        self._cnn = self._dlib.cnn_face_detection_model_v1(self._cnn_path)
+      detections = self._cnn(small, upsample)
     out = []
-    for d in self._cnn(small, upsample):
+    for d in detections:
       r = d.rect
       side = (r.right() + 1 - r.left() + r.bottom() + 1 - r.top()) / 2
       cx = (r.left() + r.right() + 1) / 2 + _CNN_TO_HOG_SHIFT[0] * side
@@ -155,17 +162,20 @@ class DlibFaceFinder(FaceFinder):
   def landmarks(self, photo: np.ndarray, box) -> np.ndarray:
     """(68, 2) 0-based landmarks inside `box` (photo pixels)."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
-    shape = self._predictor(photo, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+    with self._lock:
+      shape = self._predictor(photo, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
     return np.array([[shape.part(i).x, shape.part(i).y] for i in range(NUM_LANDMARKS)], np.float64)
 
   def find(self, photo: np.ndarray) -> list[Face]:
     photo = np.ascontiguousarray(photo)
     if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
       raise ValueError(f"find expects an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}.")
-    found, detector = self.detect_hog(photo), "hog"
-    if not found and self.cnn_fallback:
-      found, detector = self.detect_cnn(photo), "cnn"
-    return order_faces([Face(box, self.landmarks(photo, box), score, detector) for box, score in found])
+    with self._lock:
+      found, detector = self.detect_hog(photo), "hog"
+      if not found and self.cnn_fallback:
+        found, detector = self.detect_cnn(photo), "cnn"
+      return order_faces([Face(box, self.landmarks(photo, box), score, detector)
+                          for box, score in found])
 
 
 def default_face_finder() -> FaceFinder:

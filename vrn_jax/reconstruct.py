@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import glob
 import os
-import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -332,12 +330,9 @@ def reconstruct_photos(predictor, paths: Sequence[str], output_dir: str, crop: s
     finder = DlibFaceFinder()
   os.makedirs(output_dir, exist_ok=True)
   threads = host_threads or min(4, os.cpu_count() or 1)
-  finder_lock = threading.Lock()  # one photo at a time through the finder: dlib's CNN is not reentrant
-
   def prepare(path: str):
     photo = read_image_rgb(path)
-    with finder_lock if crop in ("auto", "find") else contextlib.nullcontext():
-      return photo, photo_crops(path, photo, crop, landmarks_dir, boxes, finder)
+    return photo, photo_crops(path, photo, crop, landmarks_dir, boxes, finder)
 
   photo_results: dict[str, list[PhotoResult]] = {}
   seen: dict[str, str] = {}
@@ -395,8 +390,8 @@ def reconstruct_photos(predictor, paths: Sequence[str], output_dir: str, crop: s
           pending.append((r, photo, c.transform, pool.submit(
               _write_face_outputs, r, output_dir, crops[j], c.transform, probs[j], raw, mesh_formats),
               len(photo_results[r.path])))
-      while pending:
-        _finish(pending.popleft(), overlays, output_dir, bar)
+    while pending:
+      _finish(pending.popleft(), overlays, output_dir, bar)
   bar.close()
   return [r for path in paths for r in photo_results.get(path, [])]
 

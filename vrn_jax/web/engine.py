@@ -115,7 +115,6 @@ class Engine:
     self.predictor, self.finder, self.max_pixels, self._keep = predictor, finder, max_pixels, keep
     self._active = threading.BoundedSemaphore(max_active)
     self._batcher = _Batcher(predictor.volumes, predictor.batch_size, max_wait_s)
-    self._finder_lock = threading.Lock()  # dlib's CNN detector is not reentrant
     self._results: collections.OrderedDict[str, Reconstruction] = collections.OrderedDict()
     self._results_lock = threading.Lock()
 
@@ -141,8 +140,7 @@ class Engine:
 
     photo = decode_image_rgb(data, what, self.max_pixels)
     lap("decode")
-    with self._finder_lock:
-      found = reconstruct.found_face_crops(photo, self.finder, what)
+    found = reconstruct.found_face_crops(photo, self.finder, what)
     lap("find")
     crops = [crop_image(photo, c.transform) for c in found]
     lap("crop")

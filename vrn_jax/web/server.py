@@ -94,7 +94,8 @@ def create_app(engine: Engine | None, model: str = "", message: str = "",
   async def download(result_id: str, index: int, fmt: str):
     result = engine.result(result_id) if engine is not None else None
     if result is None:
-      return _error(404, f"no result {result_id!r} (results are kept for the last {32} photos).")
+      return _error(404, f"no result {result_id!r}: results are kept for the most recent photos only; "
+                    "upload the photo again.")
     if fmt not in MESH_FORMATS or not 1 <= index <= len(result.faces):
       return _error(404, f"no file {index}.{fmt}: the result has faces 1..{len(result.faces)} in "
                     f"{', '.join(MESH_FORMATS)}.")
