@@ -7,8 +7,8 @@ The default finder (`DlibFaceFinder`) uses dlib (the `dlib-bin` wheel) with the 
     two rolled) on a copy of the photo scaled to at most `detect_side` pixels: 50-130 ms on the 2-core
     CPU;
   - where it finds nothing, dlib's CNN (MMOD) detector on a copy scaled to `cnn_side`, which also finds
-    near-profile faces the HOG detector misses but costs about 0.5 s (`benchmarks/demo.py` measures
-    both);
+    near-profile faces the HOG detector misses but costs about 0.35 s on a 1-megapixel photo
+    (`benchmarks/demo.py` measures both);
   - dlib's 68-point shape predictor on the full-resolution photo, in the iBUG 300-W markup the release's
     landmark files use. That model was trained on the iBUG 300-W data, whose licence excludes commercial
     use (see the README's licences).
