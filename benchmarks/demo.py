@@ -45,7 +45,6 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-impor
 
 FIXTURES = os.environ.get("VRN_FIXTURES", os.path.join(ROOT, os.pardir, "shared", "fixtures",
                                                        "vrn_examples"))
-STAGES = ("decode", "find", "crop", "forward", "mesh", "encode")
 ONE_MP = "1-MP asj"
 
 
@@ -84,6 +83,8 @@ def fixture_photos() -> list[tuple[str, bytes, tuple[int, int]]]:
 
 
 def latency_rows(engine, photos, runs: int, kw: dict) -> list[common.Row]:
+  from vrn_jax.web.engine import STAGES  # pylint: disable=g-import-not-at-top  (after host_memory's settings)
+
   rows = []
   for label, data in photos:
     engine.reconstruct(data, label, "bench")  # warm-up

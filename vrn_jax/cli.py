@@ -83,9 +83,7 @@ def run_absl_command(main: Callable[[list[str]], None], define_flags: Callable[[
   `__main__`); the commands' flags live in vrn_jax/commands/*.py, which neither `python run_*.py` nor the
   installed `vrn-*` script is, so they are declared the program's, and its docstring theirs.
   """
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
   exit_on_bad_config_overrides(sys.argv[1:], default_config)
   define_flags()

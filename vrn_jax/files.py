@@ -62,7 +62,7 @@ def decode_image_rgb(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS)
       w, h = im.size
       if w * h > max_pixels:
         raise TooLargeError(f"{what}: {w}x{h} = {w * h / 1e6:.1f} megapixels; at most "
-                         f"{max_pixels / 1e6:.0f} megapixels are accepted (scale the photo down).")
+                            f"{max_pixels / 1e6:.0f} megapixels are accepted (scale the photo down).")
       im.load()
       im = ImageOps.exif_transpose(im)
       if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits, not clip
@@ -73,7 +73,7 @@ def decode_image_rgb(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS)
   except UnidentifiedImageError:
     raise InputError(f"{what}: not a readable image (no image format recognised in its {len(data)} "
                      f"bytes, which start {data[:8]!r}); expected a JPEG or PNG photo.") from None
-  except ( OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise InputError(
         f"{what}: not a readable image ({type(e).__name__}: {e}); expected a JPEG or PNG photo."
     ) from e

@@ -30,8 +30,6 @@ from vrn_jax.geometry.crop import CROP_SIZE
 def load_config(workdir: str, config=None):
   """The config to evaluate `workdir` with: `config` if given (checked against `workdir/config.json`),
   else `workdir/config.json` as written by training."""
-
-
   if not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir}: no such directory; expected a training directory with "
                      "checkpoints/ and config.json (python run_train.py --workdir=DIR makes one).")

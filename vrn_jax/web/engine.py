@@ -25,7 +25,7 @@ from vrn_jax.files import decode_image_rgb
 from vrn_jax.geometry.crop import CropTransform, crop_image
 from vrn_jax.geometry.isosurface import MESH_FORMATS, Mesh, mesh_bytes
 
-STAGES = ("decode", "find", "crop", "forward", "mesh", "encode")
+STAGES = ("decode", "find", "crop", "forward", "mesh", "encode")  # `Reconstruction.timing_ms`, in order
 
 
 @dataclasses.dataclass
@@ -49,8 +49,9 @@ class Reconstruction:
   faces: list[FaceResult]
   timing_ms: dict[str, float]
 
-  def file_name(self, index: int, fmt: str) -> str:
-    return f"{reconstruct.face_names(self.name, len(self.faces))[index]}.{fmt}"
+  def face_name(self, index: int) -> str:
+    """Face `index`'s (0-based) name, as `run_eval.py --images` names its files."""
+    return reconstruct.face_names(self.name, len(self.faces))[index]
 
 
 def _compact(mesh: Mesh) -> Mesh:

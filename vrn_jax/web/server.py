@@ -83,7 +83,7 @@ def create_app(engine: Engine | None, model: str = "", message: str = "",
     faces = []
     for k, f in enumerate(result.faces, 1):
       faces.append({
-          "index": k, "name": result.file_name(k - 1, "glb")[:-4],
+          "index": k, "name": result.face_name(k - 1),
           "vertices": int(f.mesh.vertices.shape[0]), "triangles": int(f.mesh.faces.shape[0]),
           "files": {fmt: f"/api/results/{result.id}/{k}.{fmt}" for fmt in MESH_FORMATS},
           **(f.face.as_json() if f.face is not None else {})})
@@ -102,6 +102,6 @@ def create_app(engine: Engine | None, model: str = "", message: str = "",
     face = result.faces[index - 1]
     data = face.glb if fmt == "glb" else await run_in_threadpool(mesh_bytes, face.mesh, fmt)
     return Response(data, media_type=MEDIA_TYPES[fmt], headers={
-        "Content-Disposition": f'attachment; filename="{result.file_name(index - 1, fmt)}"'})
+        "Content-Disposition": f'attachment; filename="{result.face_name(index - 1)}.{fmt}"'})
 
   return app
