@@ -31,8 +31,6 @@ import http.client
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks.demo_server import DemoServer, rss_mib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FIXTURES = os.environ.get("VRN_FIXTURES", os.path.join(ROOT, os.pardir, "shared", "fixtures",
                                                        "vrn_examples"))
@@ -126,61 +125,6 @@ def detector_rows(finder, data: bytes, kw: dict) -> list[common.Row]:
 # ------------------------------------------------------------------ load test over loopback
 
 
-def rss_mib(pid: int) -> float | None:
-  try:
-    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("VmRSS:"):
-          return int(line.split()[1]) / 1024
-  except OSError:
-    pass
-  return None
-
-
-class Server:
-  """`run_demo.py` on a free loopback port, started and stopped as a context manager."""
-
-  def __init__(self, workdir: str):
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      self.port = s.getsockname()[1]
-    self.workdir, self.log = workdir, collections.deque(maxlen=40)
-    self._ready = threading.Event()
-
-  def __enter__(self) -> "Server":
-    self.proc = subprocess.Popen(
-        [sys.executable, "run_demo.py", f"--workdir={self.workdir}", f"--port={self.port}"], cwd=ROOT,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    threading.Thread(target=self._drain, daemon=True).start()
-    deadline, ready = time.monotonic() + 900, None
-    while ready is None and self.proc.poll() is None and time.monotonic() < deadline:
-      if self._ready.wait(0.5):  # it prints the line just before uvicorn binds: ask until it answers
-        try:
-          conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-          conn.request("GET", "/api/status")
-          ready = json.loads(conn.getresponse().read()).get("ready")
-        except OSError:
-          pass
-    if not ready:
-      self.__exit__()
-      raise RuntimeError("run_demo.py did not become ready with a model:\n" + "".join(self.log))
-    return self
-
-  def _drain(self) -> None:  # keeps the pipe from filling; the tail is shown if it fails
-    for line in self.proc.stderr:
-      self.log.append(line)
-      if "3D selfie ready" in line:
-        self._ready.set()
-
-  def __exit__(self, *exc) -> None:
-    self.proc.terminate()
-    try:
-      self.proc.wait(15)
-    except subprocess.TimeoutExpired:
-      self.proc.kill()
-      self.proc.wait()
-
-
 def post(conn, data: bytes, name: str):
   conn.request("POST", "/api/reconstruct?name=" + urllib.parse.quote(name), body=data,
                headers={"Content-Type": "application/octet-stream"})
@@ -197,7 +141,7 @@ def run_all(threads: list[threading.Thread]) -> None:
 
 def load_rows(workdir: str, photos, clients: int, seconds: float, batch: int,
               kw: dict) -> list[common.Row]:
-  with Server(workdir) as server:
+  with DemoServer(workdir) as server:
     pid, connect = server.proc.pid, lambda: http.client.HTTPConnection("127.0.0.1", server.port, 300)
     conn = connect()
     for name, data, _ in photos:  # warm-up: each photo once, then one concurrent round

@@ -14,7 +14,7 @@ forward of batch k+1. The baseline is the same chain run one photo after another
 
 Meshing cost depends on the surface: an untrained network's volume is noise whose isosurface has ~4 M
 vertices (seconds per mesh) where a face has ~150 k. End-to-end rows therefore need trained weights: a
-workdir written by `run_train.py` or `data_prep/import_release.py`, from $VRN_BENCH_WORKDIR
+workdir written by `run_train.py` or `vrn_jax/interop/release_import.py`, from $VRN_BENCH_WORKDIR
 (comma-separated for several) or `workdirs/default` when it exists. Photos: the release's examples
 (shared/fixtures/vrn_examples or $VRN_FIXTURES), cycled.
 """
@@ -98,7 +98,7 @@ def ours_forward(model_config, batch: int, repeats: int, variables=None) -> Meas
 def torch_forward(model_config, batch: int, repeats: int, bf16: bool) -> Measured:
   """The PyTorch twin's eval-mode forward and sigmoid, under inference_mode (and bf16 autocast)."""
   torch, device, _ = common.torch_setup()
-  from vrn_jax.models import torch_reference  # pylint: disable=g-import-not-at-top
+  from vrn_jax.interop import torch_reference  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
   net = torch_reference.build_torch_vrn(model_config).to(device).eval()
@@ -293,17 +293,17 @@ def restore_workdir(workdir: str):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import checkpoints, optimizers, steps# pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 1))
-  state = train.create_train_state(config, jax.random.key(0), tx)
-  manager = train.checkpoint_manager(workdir, keep=1)
+  tx = optimizers.create_optimizer(config, optimizers.learning_rate_schedule(config, 1))
+  state = steps.create_train_state(config, jax.random.key(0), tx)
+  manager = checkpoints.checkpoint_manager(workdir, keep=1)
   try:
     if manager.latest_step() is None:
       raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint")
-    state = train.restore_latest(manager, state)
+    state = checkpoints.restore_latest(manager, state)
   finally:
     manager.close()
   return config, {"params": state.params, "batch_stats": state.batch_stats}

@@ -40,7 +40,7 @@ def run(quick: bool, device: str, data_dir: str | None = None) -> list[Row]:
 
     def __getitem__(self, i):
       e = source[i]
-      return {"image": e["image"], "volume": examples.decode_volume(e).astype(np.uint8),
+      return {"image": e["image"], "volume": examples.example_volume(e).astype(np.uint8),
               "landmarks": e["landmarks"]}
 
   dense = pipeline.host_batches(Dense(), batch_size=batch, num_devices=1, num_threads=threads,

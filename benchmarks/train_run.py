@@ -6,7 +6,7 @@
 The config file and its `--config.x=y` overrides are read as `run_train.py` reads them (absl flags,
 ml_collections; a misspelt field is refused with the closest names).
 
-What runs is `vrn_jax.train.train_step` under `jax.pmap` over every local device, exactly as
+What runs is `vrn_jax.training.steps.train_step` under `jax.pmap` over every local device, exactly as
 `run_train.py` runs it: augmentation, the 192x192x200 targets (and heatmaps) made on the device from
 compact examples, the model, the loss, the cross-replica means and RMSProp. The compact batch is made
 once from `--distinct` procedural faces (the synthetic set's recipe) and stays on the device; the
@@ -74,7 +74,8 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 
   from benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
-  from vrn_jax import models, train  # pylint: disable=g-import-not-at-top
+  from vrn_jax import models# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, optimizers, steps# pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   n = jax.local_device_count()
@@ -84,15 +85,15 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   t = time.perf_counter()
   host_batch = bench.example_batch(batch, n, distinct)
   data_s = time.perf_counter() - t
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
-  tx = train.create_optimizer(config, schedule)
-  state = train.create_train_state(config, jax.random.key(0), tx)
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=1000)
+  tx = optimizers.create_optimizer(config, schedule)
+  state = steps.create_train_state(config, jax.random.key(0), tx)
   params = models.count_parameters(state.params)
-  state = train.replicate(state)
-  rngs = train.replicate(jax.random.key(1))
+  state = loop.replicate(state)
+  rngs = loop.replicate(jax.random.key(1))
   device_batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
-  p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
-                    axis_name=train.AXIS, donate_argnums=(0,))
+  p_step = jax.pmap(functools.partial(steps.train_step, config, steps.create_model(config), schedule),
+                    axis_name=steps.AXIS, donate_argnums=(0,))
   t = time.perf_counter()
   lowered = p_step.lower(state, device_batch, rngs)
   lower_s = time.perf_counter() - t
@@ -124,7 +125,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
       "date": datetime.date.today().isoformat(),
       "device": f"{jax.devices()[0].device_kind} x {n} ({jax.devices()[0].platform}, JAX {jax.__version__})",
       "model": f"{m.variant}, {m.topology} topology, {m.num_hourglasses} HG x {m.features}, depth {m.depth}, "
-               f"stem {m.stem}, body_stride {m.body_stride}, loss_stride {train.loss_stride(config)}",
+               f"stem {m.stem}, body_stride {m.body_stride}, loss_stride {steps.loss_stride(config)}",
       "params": params, "batch": batch, "dtype": dtype, "steps": steps, "chunk": chunk,
       "distinct_faces": distinct, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "examples_per_s_median": statistics.median(rates), "examples_per_s_min": min(rates),

@@ -11,7 +11,7 @@ Rows per size, in examples/s:
   the device between steps (the host pipeline has its own rows in the 'pipeline' suite).
 - ours, model step: forward + backward + RMSProp on ready images and dense targets, jitted: the same work
   as the PyTorch step.
-- PyTorch eager float32 (`vrn_jax.models.torch_reference.TrainStep`: per-voxel BCE-with-logits,
+- PyTorch eager float32 (`vrn_jax.interop.torch_reference.TrainStep`: per-voxel BCE-with-logits,
   torch.optim.RMSprop alpha 0.99, eps 1e-8): the baseline of every ratio. Then torch.compile, and bf16
   autocast. A variant a mode leaves out (`plans`) is a 'not measured' row with the reason.
 MFU = model FLOPs per step / step time / the device's peak, measured in the same run with a large matmul
@@ -146,43 +146,43 @@ def dense_inputs(host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measured:
-  """`train.train_step` under pmap, as `train.train_and_evaluate` builds it."""
+  """`steps.train_step` under pmap, as `loop.train_and_evaluate` builds it."""
   import functools  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, optimizers, steps# pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
   config.global_batch_size = plan.batch
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
-  tx = train.create_optimizer(config, schedule)
-  state = train.replicate(train.create_train_state(config, jax.random.key(0), tx))
-  rngs = train.replicate(jax.random.key(1))
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=1000)
+  tx = optimizers.create_optimizer(config, schedule)
+  state = loop.replicate(steps.create_train_state(config, jax.random.key(0), tx))
+  rngs = loop.replicate(jax.random.key(1))
   batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
-  p_step = jax.pmap(functools.partial(train.train_step, config, train.create_model(config), schedule),
-                    axis_name=train.AXIS, donate_argnums=(0,))
+  p_step = jax.pmap(functools.partial(steps.train_step, config, steps.create_model(config), schedule),
+                    axis_name=steps.AXIS, donate_argnums=(0,))
   return _time_steps(p_step, state, (batch, rngs), plan.batch, plan)
 
 
 def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray) -> Measured:
   """Forward (train-mode BatchNorm) + volume loss + backward + RMSProp, jitted, on one device: the
   train step without augmentation and target decoding, its loss computed by the training code's own
-  `train.loss_and_outputs`."""
+  `steps.loss_and_outputs`."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import optimizers, steps# pylint: disable=g-import-not-at-top
 
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
-  state = train.create_train_state(config, jax.random.key(0), train.create_optimizer(config, schedule))
-  model = train.create_model(config, axis_name=None)
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=1000)
+  state = steps.create_train_state(config, jax.random.key(0), optimizers.create_optimizer(config, schedule))
+  model = steps.create_model(config, axis_name=None)
 
   def step(state, images, targets):
     def loss_fn(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
-      loss, (_, _, new) = train.loss_and_outputs(config, model, variables, images, targets, None, train=True)
+      loss, (_, _, new) = steps.loss_and_outputs(config, model, variables, images, targets, None, train=True)
       return loss, new
 
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -221,7 +221,7 @@ def torch_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray, comp
                bf16: bool) -> Measured:
   """`torch_reference.TrainStep` on the PyTorch twin of `config.model`, optionally compiled / autocast."""
   torch, device, _ = common.torch_setup()
-  from vrn_jax.models import torch_reference  # pylint: disable=g-import-not-at-top
+  from vrn_jax.interop import torch_reference  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
   net = torch_reference.build_torch_vrn(config.model).to(device)

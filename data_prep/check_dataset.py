@@ -16,8 +16,8 @@ import numpy as np
 
 from vrn_jax import cli
 from vrn_jax.data import build, examples, pipeline
-from vrn_jax.data.face_model import build_face_model
-from vrn_jax.data.synthetic import sample_face
+from vrn_jax.faces.face_model import build_face_model
+from vrn_jax.faces.synthetic import sample_face
 from vrn_jax.geometry.mesh import outward_vertex_normals
 from vrn_jax.geometry.pose import Pose
 from vrn_jax.geometry.raster import depth_buffer

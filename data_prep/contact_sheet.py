@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
   picks = [source[i] for i in range(min(args.count, len(source)))]
   write_image_rgb(args.output, grid([draw_landmarks(e["image"], e["landmarks"]) for e in picks], 4))
   if args.volumes_output:
-    tiles = [np.concatenate([e["image"], depth_image(examples.decode_volume(e))], axis=1)
+    tiles = [np.concatenate([e["image"], depth_image(examples.example_volume(e))], axis=1)
              for e in picks]
     write_image_rgb(args.volumes_output, grid(tiles, 4))
 

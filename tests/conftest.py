@@ -1,6 +1,8 @@
 """Shared test fixtures: small meshes with known geometry and the release's example photos."""
 
 import os
+import subprocess
+import sys
 
 # One BLAS thread per process: the suite runs on 2 cores, and OpenBLAS threads spinning against XLA's
 # and the other tests' threads made some NumPy-heavy tests 10-25x slower. Set before NumPy loads.
@@ -66,21 +68,77 @@ def save_slab_checkpoint(config, workdir, slab_depth):
   for voxel z < slab_depth whatever the image: a real restore/inference/meshing path with a known
   volume (an untrained network's volume hovers around 0.5 and meshes into noise)."""
   import jax
-  import orbax.checkpoint as ocp
 
-  from vrn_jax import train
+  from vrn_jax.training import checkpoints, optimizers, steps
 
-  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10))
-  state = train.create_train_state(config, jax.random.key(0), tx)
+  tx = optimizers.create_optimizer(config, optimizers.learning_rate_schedule(config, 10))
+  state = steps.create_train_state(config, jax.random.key(0), tx)
   params = jax.tree_util.tree_map(np.asarray, state.params)
   out = params["head"]["out"]
   out["kernel"] = np.zeros_like(out["kernel"])
   out["bias"] = np.where(np.arange(out["bias"].size) < slab_depth, 4.0, -4.0).astype(np.float32)
-  state = state.replace(params=params, step=3)
-  manager = train.checkpoint_manager(workdir, 1)
-  manager.save(3, args=ocp.args.StandardSave({"step": state.step, "params": state.params,
-                                               "batch_stats": state.batch_stats,
-                                               "opt_state": state.opt_state}))
-  manager.wait_until_finished()
-  manager.close()
-  train.save_config(config, workdir)
+  state = state.replace(params=params, ema_params=None, step=3)
+  manager = checkpoints.checkpoint_manager(workdir, 1)
+  checkpoints.save(manager, 3, checkpoints.checkpoint_items(state))
+  checkpoints.finish(manager)
+  checkpoints.save_config(config, workdir)
+
+
+# ------------------------------------------------------------------------ training on a tiny dataset
+
+
+@pytest.fixture(scope="session")
+def train_data_dir(tmp_path_factory):
+  """A tiny vrn_faces/aflw2000_3d dataset (12 procedural faces) to train on."""
+  from vrn_jax.faces.synthetic import write_aflw2000_tree
+  from vrn_jax.datasets.vrn_faces import Builder
+
+  root = tmp_path_factory.mktemp("train_data")
+  write_aflw2000_tree(str(root / "manual"), 12, seed=5)
+  os.environ["VRN_FACES_NUM_WORKERS"] = "1"
+  import tensorflow_datasets as tfds
+
+  Builder(config="aflw2000_3d", data_dir=str(root / "data")).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")))
+  return str(root / "data")
+
+
+def train_overrides(data_dir, **extra):
+  args = {"data.data_dir": data_dir, "data.config": "aflw2000_3d", "data.train_split": "test",
+          "data.eval_config": "aflw2000_3d", **extra}
+  return [f"--config.{k}={v}" for k, v in args.items()]
+
+
+def train_config(data_dir, **extra):
+  from vrn_jax.configs import default
+
+  config = default.get_config("test")
+  config.data.data_dir = data_dir
+  config.data.config = config.data.eval_config = "aflw2000_3d"
+  config.data.train_split = "test"
+  for k, v in extra.items():
+    node = config
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return config
+
+
+def read_checkpoint(workdir, step=None):
+  import jax
+  import orbax.checkpoint as ocp
+
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    state = manager.restore(step, args=ocp.args.StandardRestore())
+  return step, jax.tree_util.tree_map(np.asarray, state)
+
+
+def run_train(workdir, args, devices=1, **kwargs):
+  """run_train.py with the smoke config in a subprocess (subprocess.run's result)."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             VRN_FACES_NUM_WORKERS="1")
+  return subprocess.run([sys.executable, "run_train.py", "--config=configs/default.py:test",
+                         f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600, **kwargs)

@@ -21,7 +21,7 @@ def _face(pose=(10, 35, -5)):
 
 
 def _decode(compact, affine):
-  return np.asarray(jax.jit(augment.decode_volume)(jnp.asarray(compact.depth),
+  return np.asarray(jax.jit(augment.decode_volume_jax)(jnp.asarray(compact.depth),
                                                    jnp.float32(compact.back),
                                                    jnp.float32(compact.step), affine))
 
@@ -48,7 +48,7 @@ def test_jax_decoder_on_sampled_rows_and_columns():
   affine = augment.augmented_affine(jnp.asarray(compact.affine), params)
   whole = _decode(compact, affine)
   assert whole.sum() > 10_000
-  decode = jax.jit(augment.decode_volume, static_argnames="shape")
+  decode = jax.jit(augment.decode_volume_jax, static_argnames="shape")
   for stride, (oy, ox) in ((2, (1, 0)), (4, (3, 2)), (8, (5, 7))):
     rows, cols = jnp.arange(oy, 192, stride), jnp.arange(ox, 192, stride)
     part = decode(jnp.asarray(compact.depth), jnp.float32(compact.back), jnp.float32(compact.step),

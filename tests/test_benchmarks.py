@@ -96,7 +96,7 @@ def test_end_to_end_pipeline_meshes_what_the_serial_chain_meshes():
   fixtures_dir()  # skips without the release's photos
   photos = inference.fixture_photos(3)
   assert len(photos) == 3
-  solid = examples.decode_volume(build.synthetic_example(0, 0)[1]).astype(np.uint8) * 255
+  solid = examples.example_volume(build.synthetic_example(0, 0)[1]).astype(np.uint8) * 255
 
   def predict(crops):  # a different, face-shaped volume per crop
     return np.stack([np.roll(solid, int(c.mean()) % 9, axis=0) for c in crops])

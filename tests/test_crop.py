@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, fixtures_dir
-from vrn_jax.files import InputError, read_image_rgb, read_landmarks_txt, write_image_rgb
+from vrn_jax.errors import InputError
+from vrn_jax.files import read_image_rgb, read_landmarks_txt, write_image_rgb
 from vrn_jax.geometry.crop import CropTransform, crop_from_box, crop_from_landmarks, crop_image
 
 

@@ -11,9 +11,9 @@ import scipy.io
 from conftest import REPO
 from data_prep.check_dataset import TOLERANCE_VOXELS, column_at, landmark_errors
 from vrn_jax.data import build, examples, pipeline, readers
-from vrn_jax.data.face_model import build_face_model
-from vrn_jax.data.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
-from vrn_jax.files import InputError
+from vrn_jax.faces.face_model import build_face_model
+from vrn_jax.faces.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
+from vrn_jax.errors import InputError
 from vrn_jax.geometry.pose import Pose
 from vrn_jax.geometry.voxelise import VOLUME_SHAPE
 
@@ -42,7 +42,7 @@ def test_images_landmarks_and_volumes_agree():
     yaws.append(float(example["yaw"]))
     if i == 0:
       # The sub-pixel read is the stored volume's own rule: on pixel centres it is the decoded column.
-      volume = examples.decode_volume(example)
+      volume = examples.example_volume(example)
       compact = examples.compact_from_example(example)
       for x, y in np.round(example["landmarks"][::9, :2]).astype(int):
         np.testing.assert_array_equal(column_at(compact, x, y), volume[y, x])
@@ -131,9 +131,9 @@ def test_builder_skips_bad_files_and_round_trips_examples(trees, tmp_path, monke
     stored = by_name[item.name.encode() if isinstance(next(iter(by_name)), bytes) else item.name]
     _, fresh = build.real_example(str(trees), item)
     np.testing.assert_array_equal(stored["image"], fresh["image"])
-    volume = examples.decode_volume(stored)
+    volume = examples.example_volume(stored)
     assert volume.shape == VOLUME_SHAPE and volume.dtype == bool
-    np.testing.assert_array_equal(volume, examples.decode_volume(fresh))
+    np.testing.assert_array_equal(volume, examples.example_volume(fresh))
     np.testing.assert_allclose(stored["landmarks"], fresh["landmarks"])
     assert -90 <= stored["yaw"] <= 90
 

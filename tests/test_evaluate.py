@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
   import tensorflow_datasets as tfds
 
   from vrn_jax.configs import default
-  from vrn_jax.data.synthetic import write_aflw2000_tree
+  from vrn_jax.faces.synthetic import write_aflw2000_tree
   from vrn_jax.datasets.vrn_faces import Builder
 
   root = tmp_path_factory.mktemp("eval")
@@ -101,7 +101,7 @@ def test_eval_writes_metrics_samples_and_ced(tiny):
   slab = np.zeros((192, 192, 200), bool)
   slab[..., :SLAB_DEPTH] = True
   for i, row in enumerate(rows):
-    target = examples.decode_volume(source[i])
+    target = examples.example_volume(source[i])
     iou = np.sum(slab & target) / np.sum(slab | target)
     assert float(row["iou"]) == pytest.approx(iou, rel=1e-5)
     assert float(row["yaw"]) == pytest.approx(float(source[i]["yaw"]), abs=1e-4)
@@ -142,7 +142,7 @@ class _OraclePredictor:
       scale, shift = self.distortions[(self.calls * self.batch_size + j) % len(self.distortions)]
       distortion = np.diag([scale, scale, scale, 1.0])  # voxel p -> scale (p - centre) + centre + shift
       distortion[:3, 3] = (1 - scale) * centre + np.asarray(shift)
-      decode = jax.jit(augment.decode_volume)
+      decode = jax.jit(augment.decode_volume_jax)
       target = np.asarray(decode(depth, back, step, affine[:3]))
       pred = np.asarray(decode(depth, back, step, (affine @ np.linalg.inv(distortion))[:3]))
       probs.append(ndimage.uniform_filter(pred.astype(np.float32), 3))
@@ -331,7 +331,7 @@ def test_bad_photos_are_named_and_the_good_ones_written(tiny, tmp_path):
 
 
 def test_another_models_checkpoint_is_a_clear_error(tiny, tmp_path):
-  # Through the workdir's config.json (train.check_workdir_model).
+  # Through the workdir's config.json (checkpoints.check_workdir_model).
   r = _run_eval(f"--workdir={tiny['workdir']}", "--config=configs/default.py:test",
                 "--config.model.features=16", timeout=300)
   assert r.returncode == 1
@@ -340,7 +340,7 @@ def test_another_models_checkpoint_is_a_clear_error(tiny, tmp_path):
   # Without a config.json: the checkpoint's arrays are checked against the config's model.
   from vrn_jax.configs import default
   from vrn_jax import evaluate
-  from vrn_jax.files import InputError
+  from vrn_jax.errors import InputError
 
   # Another optimiser is no obstacle to evaluation (training would refuse it: its state differs).
   other = default.get_config("test")
@@ -413,7 +413,7 @@ def test_crop_modes_none_centre_and_no_face(tmp_path):
 
 def test_boxes_file(tmp_path):
   from vrn_jax import reconstruct
-  from vrn_jax.files import InputError
+  from vrn_jax.errors import InputError
 
   path = tmp_path / "boxes.txt"
   path.write_text("# name x0 y0 x1 y1\nasj.jpg 10 20 110 140\n\nother, 1, 2, 3, 4\n")
@@ -440,7 +440,7 @@ def test_heatmap_peaks_recover_landmarks():
 def test_ground_truth_is_rebuilt_and_checked_against_the_example():
   from vrn_jax import evaluate
   from vrn_jax.data import build
-  from vrn_jax.files import InputError
+  from vrn_jax.errors import InputError
 
   name, example = build.synthetic_example(2, 5)
   source = evaluate.GroundTruthSource("synthetic")

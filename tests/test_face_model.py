@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from vrn_jax.data.face_model import (NUM_EXPRESSION, NUM_SHAPE, UNITS_PER_MM, build_face_model,
+from vrn_jax.faces.face_model import (NUM_EXPRESSION, NUM_SHAPE, UNITS_PER_MM, build_face_model,
                                      mirror_vertex_indices, mouth_interior_mask, save_3ddfa,
                                      save_bfm_face3d)
 from vrn_jax.geometry.morphable_model import load_3ddfa, load_bfm_face3d, load_morphable_model

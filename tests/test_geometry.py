@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 from vrn_jax.geometry.morphable_model import load_3ddfa, load_bfm_face3d, load_morphable_model
 from vrn_jax.geometry.pose import Pose, angles_from_rotation_3ddfa, rotation_3ddfa
 

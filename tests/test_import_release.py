@@ -34,9 +34,10 @@ import pytest
 import torch
 import torchfile
 
-from data_prep import import_release
-from vrn_jax import cli, models, train
-from vrn_jax.models import torch_reference as tr
+from vrn_jax.interop import release_import as import_release
+from vrn_jax import cli, models
+from vrn_jax.training import checkpoints, optimizers, steps
+from vrn_jax.interop import torch_reference as tr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TSV = os.path.join(REPO, "..", "shared", "reference", "vrn_unguided_torch_state_dict.tsv")
@@ -78,11 +79,11 @@ def _restore(workdir):
   """What run_eval does: config.json -> create_train_state -> restore_latest."""
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 1))
-  state = train.create_train_state(config, jax.random.key(1), tx)
-  manager = train.checkpoint_manager(workdir, config.keep_checkpoints)
+  tx = optimizers.create_optimizer(config, optimizers.learning_rate_schedule(config, 1))
+  state = steps.create_train_state(config, jax.random.key(1), tx)
+  manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
   try:
-    state = train.restore_latest(manager, state)
+    state = checkpoints.restore_latest(manager, state)
     step = manager.latest_step()
   finally:
     manager.close()
@@ -163,7 +164,7 @@ def test_release_parity_through_the_cli(release):
 def test_release_checkpoint_is_a_training_state(release):
   assert release.step == 0 and int(release.state.step) == 0
   assert release.config.model.topology == "release" and release.config.model.features == 256
-  train.check_workdir_model(release.config, str(release.workdir))  # the matching config resumes
+  checkpoints.check_workdir_model(release.config, str(release.workdir))  # the matching config resumes
   # Every tensor exactly, through the key mapping (OIHW -> HWIO etc.).
   variables = flax.traverse_util.flatten_dict(
       {"params": release.state.params, "batch_stats": release.state.batch_stats})
@@ -388,10 +389,10 @@ def test_t7_import_matches_the_state_dict(release, capsys):
   assert not (workdir / "checkpoints" / "junk").exists() and (workdir / "notes.txt").read_text() == "mine"
   assert not _leftovers(release.root)
   # The restore itself is covered by the .pth import; here the fixture's state serves as the template.
-  manager = train.checkpoint_manager(str(workdir), 1)
+  manager = checkpoints.checkpoint_manager(str(workdir), 1)
   try:
     assert manager.latest_step() == 0
-    state = train.restore_latest(manager, release.state)
+    state = checkpoints.restore_latest(manager, release.state)
   finally:
     manager.close()
   ours = flax.traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats})
@@ -486,7 +487,7 @@ OPTIM = ml_collections.ConfigDict({"optim": {"rmsprop_decay": 0.99, "eps": 1e-8,
 
 
 def test_torch_rmsprop_is_our_optimizer():
-  """TrainStep's torch.optim.RMSprop == train.create_optimizer (Torch7's rmsprop), over gradient
+  """TrainStep's torch.optim.RMSprop == optimizers.create_optimizer (Torch7's rmsprop), over gradient
   magnitudes where eps inside vs outside the square root matters (|g| <~ 1e-6)."""
   lr = 1e-3
   rng = np.random.default_rng(0)
@@ -494,7 +495,7 @@ def test_torch_rmsprop_is_our_optimizer():
   holder = torch.nn.Module()
   holder.param = torch.nn.Parameter(torch.zeros(64))
   opt = tr.TrainStep(holder, learning_rate=lr).optimizer
-  tx = train.create_optimizer(OPTIM, lr)
+  tx = optimizers.create_optimizer(OPTIM, lr)
   ours, opt_state = jnp.zeros(64), tx.init(jnp.zeros(64))
   for g in grads:
     holder.param.grad = torch.from_numpy(g.copy())
@@ -559,7 +560,7 @@ def test_torch_train_step_matches_ours():
   err_torch = _grad_errors({k: (np.transpose(grads_t[k], t.transpose) if t.transpose else grads_t[k])
                             for k, t in paths.items() if t.collection == "params"}, grads_64, paths)
   # The optimizer moved TrainStep's parameters by RMSProp's first step on its own gradients.
-  tx = train.create_optimizer(OPTIM, lr)
+  tx = optimizers.create_optimizer(OPTIM, lr)
   grads_t_ours = {k: jnp.asarray(g) for k, g in grads_t.items()}
   expected_deltas, _ = tx.update(grads_t_ours, tx.init(grads_t_ours))
   for key, delta in expected_deltas.items():

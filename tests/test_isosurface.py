@@ -8,7 +8,8 @@ import pytest
 import trimesh
 
 from conftest import REPO, half_ellipsoid, image_rotation
-from vrn_jax.files import InputError, write_image_rgb
+from vrn_jax.errors import InputError
+from vrn_jax.files import write_image_rgb
 from vrn_jax.geometry.crop import crop_from_box
 from vrn_jax.geometry.isosurface import (RAW_SHAPE, load_volume, read_raw, save_mesh,
                                          volume_to_mesh, write_raw)

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from scipy.spatial.transform import Rotation
 
 from conftest import half_ellipsoid, image_rotation
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 from vrn_jax.geometry import nme
 from vrn_jax.geometry.crop import CropTransform
 from vrn_jax.geometry.mesh import vertex_normals

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from vrn_jax.data import render
-from vrn_jax.data.face_model import build_face_model
-from vrn_jax.data.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
+from vrn_jax.faces import render
+from vrn_jax.faces.face_model import build_face_model
+from vrn_jax.faces.synthetic import sample_face, write_300w_lp_tree, write_aflw2000_tree
 from vrn_jax.files import load_mat, read_image_rgb
 from vrn_jax.geometry import raster
 from vrn_jax.geometry.morphable_model import load_3ddfa

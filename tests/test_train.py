@@ -9,54 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_checkpoint, run_train, train_config, train_overrides
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """A tiny vrn_faces/aflw2000_3d dataset (12 procedural faces) to train on."""
-  from vrn_jax.data.synthetic import write_aflw2000_tree
-  from vrn_jax.datasets.vrn_faces import Builder
-
-  root = tmp_path_factory.mktemp("train_data")
-  write_aflw2000_tree(str(root / "manual"), 12, seed=5)
-  os.environ["VRN_FACES_NUM_WORKERS"] = "1"
-  import tensorflow_datasets as tfds
-
-  Builder(config="aflw2000_3d", data_dir=str(root / "data")).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")))
-  return str(root / "data")
+def data_dir(train_data_dir):
+  return train_data_dir
 
 
-def _overrides(data_dir, **extra):
-  args = {"data.data_dir": data_dir, "data.config": "aflw2000_3d", "data.train_split": "test",
-          "data.eval_config": "aflw2000_3d", **extra}
-  return [f"--config.{k}={v}" for k, v in args.items()]
-
-
-def _config(data_dir, **extra):
-  from vrn_jax.configs import default
-
-  config = default.get_config("test")
-  config.data.data_dir = data_dir
-  config.data.config = config.data.eval_config = "aflw2000_3d"
-  config.data.train_split = "test"
-  for k, v in extra.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
-
-
-def _checkpoint(workdir, step=None):
-  import orbax.checkpoint as ocp
-
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    step = manager.latest_step() if step is None else step
-    state = manager.restore(step, args=ocp.args.StandardRestore())
-  return step, jax.tree_util.tree_map(np.asarray, state)
+_overrides, _config, _checkpoint, _run_train = train_overrides, train_config, read_checkpoint, run_train
 
 
 def _assert_trees_close(a, b, rtol):
@@ -70,14 +31,6 @@ def _assert_trees_close(a, b, rtol):
   return diff / norm
 
 
-def _run_train(workdir, args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             VRN_FACES_NUM_WORKERS="1")
-  return subprocess.run([sys.executable, "run_train.py", "--config=configs/default.py:test",
-                         f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-
-
 def _step_by_step(data_dir):
   """Runs in a process with 4 fake CPU devices: 3 training steps on 1 device; before each, the same
   state and batch also go through the 4-device step. Prints the relative differences as JSON."""
@@ -85,24 +38,24 @@ def _step_by_step(data_dir):
 
   from flax import jax_utils
 
-  from vrn_jax import train
+  from vrn_jax.training import optimizers, steps
   from vrn_jax.data import pipeline
 
   config = _config(data_dir)
   # RMSProp in its smooth regime for every parameter (not Muon for the kernels), see the test.
   config.optim.name, config.optim.eps, config.optim.learning_rate = "rmsprop", 1.0, 1.0
   source = pipeline.data_source(data_dir, "aflw2000_3d", "test")
-  schedule = train.learning_rate_schedule(config, len(source) // config.global_batch_size)
-  state = train.create_train_state(config, jax.random.key(0), train.create_optimizer(config, schedule))
+  schedule = optimizers.learning_rate_schedule(config, len(source) // config.global_batch_size)
+  state = steps.create_train_state(config, jax.random.key(0), optimizers.create_optimizer(config, schedule))
   initial = jax.device_get(state.params)
-  model = train.create_model(config)
+  model = steps.create_model(config)
   results = []
   for step in range(3):
     out = {}
     for n in (1, 4):
       devices = jax.devices()[:n]
-      p_step = jax.pmap(functools.partial(train.train_step, config, model, schedule),
-                        axis_name=train.AXIS, devices=devices)
+      p_step = jax.pmap(functools.partial(steps.train_step, config, model, schedule),
+                        axis_name=steps.AXIS, devices=devices)
       batch = next(pipeline.host_batches(source, batch_size=4, num_devices=n, seed=0, num_threads=1,
                                          start_batch=step))
       new, _ = p_step(jax_utils.replicate(state, devices), batch,
@@ -183,14 +136,14 @@ def tf_value(event):
 
 
 def test_resume_is_exact(data_dir, tmp_path):
-  from vrn_jax import train
+  from vrn_jax.training import loop
 
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(_config(data_dir, num_train_steps=6), straight)
+  loop.train_and_evaluate(_config(data_dir, num_train_steps=6), straight)
   resumed = str(tmp_path / "resumed")
-  train.train_and_evaluate(_config(data_dir, num_train_steps=3), resumed)
+  loop.train_and_evaluate(_config(data_dir, num_train_steps=3), resumed)
   assert _checkpoint(resumed)[0] == 3
-  train.train_and_evaluate(_config(data_dir, num_train_steps=6), resumed)
+  loop.train_and_evaluate(_config(data_dir, num_train_steps=6), resumed)
   (s1, a), (s2, b) = _checkpoint(straight), _checkpoint(resumed)
   assert s1 == s2 == 6
   _assert_trees_close(b, a, 1e-6)
@@ -201,15 +154,16 @@ def test_moving_average_of_the_weights(data_dir, tmp_path):
   """ema_decay > 0: after each step ema = d ema + (1 - d) params, d = min(decay, (1 + t) / (10 + t)); it
   is saved, evaluated and restored by run_eval. A run that turns it on resumes from a checkpoint without
   one (the average starts from the restored weights); one that turns it off drops it."""
-  from vrn_jax import evaluate, train
+  from vrn_jax import evaluate
+  from vrn_jax.training import loop, steps
 
   workdir = str(tmp_path / "ema")
-  train.train_and_evaluate(_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+  loop.train_and_evaluate(_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
                                    ema_decay=0.0), workdir)
   _, two = _checkpoint(workdir, 2)
   assert "ema_params" not in two
   config = _config(data_dir, num_train_steps=3, checkpoint_every_steps=1, ema_decay=0.9)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   _, three = _checkpoint(workdir, 3)
   d = min(0.9, 3 / 12)  # the update of step t = 2 -> 3 (state.step 2)
   expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, two["params"], three["params"])
@@ -218,26 +172,26 @@ def test_moving_average_of_the_weights(data_dir, tmp_path):
   variables, step = evaluate.restore_variables(config, workdir)
   assert step == 3
   _assert_trees_close(variables["params"], three["ema_params"], 0.0)
-  state = train.TrainState(step=3, apply_fn=None, params=three["params"], tx=None, opt_state=None,
+  state = steps.TrainState(step=3, apply_fn=None, params=three["params"], tx=None, opt_state=None,
                            batch_stats=three["batch_stats"], ema_params=three["ema_params"])
-  assert train.eval_params(state) is state.ema_params
-  assert train.eval_params(state.replace(ema_params=None)) is state.params
+  assert steps.eval_params(state) is state.ema_params
+  assert steps.eval_params(state.replace(ema_params=None)) is state.params
   # Turned off again: the run resumes from the checkpoint with an average and saves none.
-  train.train_and_evaluate(_config(data_dir, num_train_steps=4, checkpoint_every_steps=1,
+  loop.train_and_evaluate(_config(data_dir, num_train_steps=4, checkpoint_every_steps=1,
                                    ema_decay=0.0), workdir)
   step, four = _checkpoint(workdir)
   assert step == 4 and "ema_params" not in four
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-  from vrn_jax import train
+  from vrn_jax.training import loop, steps
 
   workdir = str(tmp_path / "nan")
   config = _config(data_dir, num_train_steps=6, checkpoint_every_steps=1)
   config.optim.learning_rate = 1e30
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite [\w, ]+ at step (\d+).*last good "
+  with pytest.raises(steps.NonFiniteLossError, match=r"non-finite [\w, ]+ at step (\d+).*last good "
                      r"checkpoint \(step \d+\)") as info:
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   bad_step = int(str(info.value).split("at step ")[1].split()[0])
   assert bad_step >= 2
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
@@ -246,17 +200,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(good["params"]))
   # Between checkpoints the metrics are read a step late: the same step is named, nothing is saved.
   config.checkpoint_every_steps = 5
-  with pytest.raises(train.NonFiniteLossError, match=rf"non-finite [\w, ]+ at step {bad_step} .*"
+  with pytest.raises(steps.NonFiniteLossError, match=rf"non-finite [\w, ]+ at step {bad_step} .*"
                      r"last good checkpoint \(step 0\)"):
-    train.train_and_evaluate(config, str(tmp_path / "nan_late"))
+    loop.train_and_evaluate(config, str(tmp_path / "nan_late"))
   assert not os.path.isdir(os.path.join(tmp_path, "nan_late", "checkpoints", str(bad_step)))
 
 
 def test_another_models_workdir_and_unknown_keys_are_clear_errors(data_dir, tmp_path):
-  from vrn_jax import files, train
+  from vrn_jax import files
+  from vrn_jax.training import checkpoints, loop
 
   workdir = str(tmp_path / "w")
-  train.train_and_evaluate(_config(data_dir), workdir)
+  loop.train_and_evaluate(_config(data_dir), workdir)
   r = _run_train(workdir, _overrides(data_dir, **{"model.features": 16}))
   assert r.returncode == 1
   assert "holds checkpoints of another model (features: checkpoint 8 vs config 16)" in r.stderr
@@ -268,7 +223,7 @@ def test_another_models_workdir_and_unknown_keys_are_clear_errors(data_dir, tmp_
   del saved["model"]["stem"]
   json.dump(saved, open(os.path.join(workdir, "config.json"), "w"))
   with pytest.raises(files.InputError, match="stem: checkpoint 'conv7x7' vs config 'patchify'"):
-    train.check_workdir_model(_config(data_dir), workdir)
+    checkpoints.check_workdir_model(_config(data_dir), workdir)
   r = _run_train(workdir, ["--config.optim.learning_rte=1"])
   assert r.returncode == 2
   assert "--config.optim.learning_rte: no such config field" in r.stderr
@@ -358,7 +313,8 @@ def test_schedules_and_paper_configs():
   an unknown schedule is an error naming the field."""
   import importlib
 
-  from vrn_jax import files, train
+  from vrn_jax import files
+  from vrn_jax.training import optimizers
 
   default = importlib.import_module("configs.default").get_config()
   for name in ("vrn", "vrn_multitask", "vrn_guided"):
@@ -371,16 +327,16 @@ def test_schedules_and_paper_configs():
     assert (c.model.stem, c.model.body_stride, c.model.depth, c.loss_stride, c.model.features,
             c.ema_decay) == ("conv7x7", 1, 4, 1, 256, 0.0), name
   paper = importlib.import_module("configs.vrn").get_config()
-  step = train.learning_rate_schedule(paper, steps_per_epoch=10)
+  step = optimizers.learning_rate_schedule(paper, steps_per_epoch=10)
   np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],
                              rtol=1e-6)
   default.optim.schedule, default.optim.learning_rate, default.optim.decay_factor = "cosine", 2e-3, 0.05
-  cosine = train.learning_rate_schedule(default, steps_per_epoch=10, num_steps=100)
+  cosine = optimizers.learning_rate_schedule(default, steps_per_epoch=10, num_steps=100)
   np.testing.assert_allclose([float(cosine(s)) for s in (0, 50, 100)],
                              [2e-3, 2e-3 * (0.05 + 0.95 * 0.5), 2e-3 * 0.05], rtol=1e-5)
   default.optim.schedule = "linear"
   with pytest.raises(files.InputError, match="optim.schedule 'linear'"):
-    train.learning_rate_schedule(default, 10, 100)
+    optimizers.learning_rate_schedule(default, 10, 100)
 
 
 def test_muon_orthogonalises_the_kernels_and_leaves_the_rest_to_rmsprop():
@@ -392,17 +348,18 @@ def test_muon_orthogonalises_the_kernels_and_leaves_the_rest_to_rmsprop():
 
   import flax
 
-  from vrn_jax import files, train
+  from vrn_jax import files
+  from vrn_jax.training import optimizers, steps
 
   config = importlib.import_module("configs.default").get_config("test")
   config.optim.name = "muon"
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
-  state = train.create_train_state(config, jax.random.key(0), train.create_optimizer(config, schedule))
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.key(0), optimizers.create_optimizer(config, schedule))
   rng = np.random.default_rng(0)
   grads = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), state.params)
   muon, _ = jax.jit(state.tx.update)(grads, state.opt_state, state.params)
   config.optim.name = "rmsprop"
-  rmsprop_tx = train.create_optimizer(config, schedule)
+  rmsprop_tx = optimizers.create_optimizer(config, schedule)
   rmsprop, _ = jax.jit(rmsprop_tx.update)(grads, rmsprop_tx.init(state.params), state.params)
   muon, rmsprop = flax.traverse_util.flatten_dict(muon), flax.traverse_util.flatten_dict(rmsprop)
   orthogonalised = set()
@@ -420,10 +377,10 @@ def test_muon_orthogonalises_the_kernels_and_leaves_the_rest_to_rmsprop():
   assert tuple(config.optim.muon_exclude) == ("stem/conv",) and ("stem", "conv", "kernel") in muon
   config.optim.name = "adam"
   with pytest.raises(files.InputError, match="optim.name 'adam': expected one of rmsprop, muon"):
-    train.create_optimizer(config, schedule)
+    optimizers.create_optimizer(config, schedule)
   config.optim.name, config.optim.muon_exclude = "muon", ("head/outt",)
   with pytest.raises(files.InputError, match=r"muon_exclude: \['head/outt'\] is not a convolution"):
-    train.create_optimizer(config, schedule).init(state.params)
+    optimizers.create_optimizer(config, schedule).init(state.params)
 
 
 def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
@@ -432,28 +389,29 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   first build one)."""
   import importlib
 
-  from vrn_jax import files, train
+  from vrn_jax import files
+  from vrn_jax.training import loop
 
   config = importlib.import_module("configs.default").get_config("test")
   config.data.data_dir = str(tmp_path / "no_datasets_here")
   config.data.build_if_missing = False
   config.optim.schedule = "cosin"
   with pytest.raises(files.InputError, match="optim.schedule 'cosin'"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
   config.optim.schedule = "cosine"
   config.optim.name = "sgd"
   with pytest.raises(files.InputError, match="optim.name 'sgd'"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
   config.optim.name = "muon"
   config.loss_stride = 3
   with pytest.raises(files.InputError, match="loss_stride 3: expected 1"):
-    train.train_and_evaluate(config, str(tmp_path / "w3"))
+    loop.train_and_evaluate(config, str(tmp_path / "w3"))
   assert not os.path.exists(tmp_path / "w3")  # nothing written
   config.loss_stride = 2
   config.ema_decay = 1.0
   with pytest.raises(files.InputError, match="ema_decay 1.0: expected 0"):
-    train.train_and_evaluate(config, str(tmp_path / "w4"))
+    loop.train_and_evaluate(config, str(tmp_path / "w4"))
   assert not os.path.exists(tmp_path / "w4")
   config.ema_decay = 0.9
   with pytest.raises(files.InputError, match="no built dataset"):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    loop.train_and_evaluate(config, str(tmp_path / "w"))

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.demo_server import DemoServer
 from conftest import REPO, fixtures_dir, save_slab_checkpoint
 
 SLAB_DEPTH = 120
@@ -31,48 +30,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--use-angle
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _start_server(workdir, *flags):
-  port = _free_port()
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  proc = subprocess.Popen([sys.executable, "run_demo.py", f"--workdir={workdir}", f"--port={port}",
-                           *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  lines = []
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if "3D selfie ready" in line:
-      return proc, f"http://127.0.0.1:{port}"
-  proc.kill()
-  pytest.fail("run_demo.py did not start:\n" + "".join(lines[-40:]))
-
-
-def _stop(proc):
-  proc.terminate()
-  try:
-    proc.wait(timeout=20)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
   from vrn_jax.configs import default
 
   workdir = str(tmp_path_factory.mktemp("web") / "work")
   save_slab_checkpoint(default.get_config("test"), workdir, SLAB_DEPTH)
-  proc, url = _start_server(workdir, "--max_upload_mb=3", "--max_megapixels=20", "--batch_size=4")
-  yield {"url": url, "proc": proc, "workdir": workdir}
-  _stop(proc)
+  with DemoServer(workdir, "--max_upload_mb=3", "--max_megapixels=20", "--batch_size=4",
+                  timeout_s=240) as s:
+    yield {"url": s.url, "proc": s.proc, "workdir": workdir}
 
 
 def _post(url, data: bytes, name="photo.jpg", timeout=120):
@@ -225,16 +191,14 @@ def test_api_concurrent_requests_each_get_their_own_result(server):
 
 
 def test_without_a_model_the_page_says_how_to_get_one(tmp_path):
-  proc, url = _start_server(str(tmp_path / "empty"))
-  try:
+  with DemoServer(str(tmp_path / "empty"), require_model=False, timeout_s=240) as s:
+    url = s.url
     _, _, data = _get(url + "/api/status")
     status = json.loads(data)
     assert not status["ready"] and "python run_train.py" in status["message"]
     assert "import_release" in status["message"]
     code, body = _post(url, _fixture_bytes())
     assert code == 503 and "python run_train.py" in body["error"]
-  finally:
-    _stop(proc)
 
 
 # --------------------------------------------------------------------------------------------- browser

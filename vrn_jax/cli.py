@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 
 
 def run_main(main: Callable[[list[str]], None], argv: list[str] | None = None) -> int:

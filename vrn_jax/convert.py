@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from vrn_jax import cli
-from vrn_jax.files import InputError, read_image_rgb
+from vrn_jax.errors import InputError
+from vrn_jax.files import read_image_rgb
 from vrn_jax.geometry.crop import CROP_SIZE, CropTransform
 from vrn_jax.geometry.isosurface import load_volume, save_mesh, volume_to_mesh
 

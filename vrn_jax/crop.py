@@ -18,8 +18,8 @@ import os
 import sys
 
 from vrn_jax import cli
-from vrn_jax.files import (InputError, read_image_rgb, read_landmarks_txt, write_image_rgb,
-                           write_landmarks_txt)
+from vrn_jax.errors import InputError
+from vrn_jax.files import read_image_rgb, read_landmarks_txt, write_image_rgb, write_landmarks_txt
 from vrn_jax.geometry.crop import crop_from_box, crop_from_landmarks, crop_image
 
 

@@ -42,7 +42,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from vrn_jax.files import InputError, atomic_output
+from vrn_jax.errors import InputError
+
+from vrn_jax.files import atomic_output
 from vrn_jax.geometry import nme as nme_lib
 from vrn_jax.geometry.crop import CropTransform
 from vrn_jax.geometry.isosurface import ISO_LEVEL, Mesh, save_mesh, volume_to_mesh
@@ -144,8 +146,8 @@ class GroundTruthSource:
     from vrn_jax.geometry.pose import Pose  # pylint: disable=g-import-not-at-top
 
     if self.dataset_config == "synthetic":
-      from vrn_jax.data.face_model import build_face_model  # pylint: disable=g-import-not-at-top
-      from vrn_jax.data.synthetic import sample_face  # pylint: disable=g-import-not-at-top
+      from vrn_jax.faces.face_model import build_face_model  # pylint: disable=g-import-not-at-top
+      from vrn_jax.faces.synthetic import sample_face  # pylint: disable=g-import-not-at-top
 
       match = self._SYNTHETIC_NAME.match(name)
       if not match:
@@ -368,7 +370,7 @@ def evaluate_checkpoint(workdir: str, config=None, step: int | None = None, num_
   """Evaluates checkpoint `step` (default: latest) of `workdir` on the config's evaluation split
   (`config.data.eval_config` / `eval_split`); writes `workdir/eval/<step>/`. Returns metrics.json's dict
   plus 'step' and 'output_dir'."""
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop# pylint: disable=g-import-not-at-top
   from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -376,7 +378,7 @@ def evaluate_checkpoint(workdir: str, config=None, step: int | None = None, num_
   variables, step = restore_variables(config, workdir, step)
   data = config.data
   ground_truth = GroundTruthSource(data.eval_config, manual_dir)
-  train.ensure_dataset(config, data.eval_config, data.eval_split)
+  loop.ensure_dataset(config, data.eval_config, data.eval_split)
   source = pipeline.data_source(data.data_dir, data.eval_config, data.eval_split)
   predictor = Predictor(config, variables, batch_size)
   out_dir = os.path.join(workdir, "eval", str(step))

@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 
 NUM_LANDMARKS = 68
 
@@ -101,6 +101,9 @@ def _scaled(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 # CNN box scaled by 1.10 about a centre moved by (0.075, 0.10) of the CNN box's side (right, down).
 _CNN_TO_HOG_SCALE = 1.10
 _CNN_TO_HOG_SHIFT = (0.075, 0.10)
+# dlib's CNN detector fails ("Filter windows must be small enough to fit into the padded image") on an
+# image under 10 pixels on a side, under 4 when it upsamples it (measured); no face fits there anyway.
+_CNN_MIN_SIDE = 16
 
 
 class DlibFaceFinder(FaceFinder):
@@ -144,6 +147,8 @@ class DlibFaceFinder(FaceFinder):
     """Boxes (photo pixels, mapped to the HOG detector's convention) and confidences of the CNN one."""
     small, factor = _scaled(photo, self.cnn_side)
     upsample = 1 if max(small.shape[:2]) < self.cnn_side else 0
+    if min(small.shape[:2]) * 2**upsample < _CNN_MIN_SIDE:
+      return []  # dlib raises (RuntimeError) for these, where it should find nothing
     with self._lock:
       if self._cnn is None:
         self._cnn = self._dlib.cnn_face_detection_model_v1(self._cnn_path)

@@ -9,13 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-
-class InputError(ValueError):
-  """Bad user input: the message names the file or field, what was found and what was expected."""
-
-
-class TooLargeError(InputError):
-  """An input over a size limit (bytes or pixels): the message says the size and the limit."""
+from vrn_jax.errors import InputError, TooLargeError
 
 
 @contextlib.contextmanager
@@ -70,10 +64,13 @@ def decode_image_rgb(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS)
       return np.asarray(im.convert("RGB"))
   except InputError:
     raise
+  except Image.DecompressionBombError as e:  # Pillow's own guard, at open (over ~179 MP), outranks ours
+    raise TooLargeError(f"{what}: {e} At most {max_pixels / 1e6:.0f} "
+                        f"megapixels are accepted (scale the photo down).") from None
   except UnidentifiedImageError:
     raise InputError(f"{what}: not a readable image (no image format recognised in its {len(data)} "
                      f"bytes, which start {data[:8]!r}); expected a JPEG or PNG photo.") from None
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, SyntaxError, ValueError) as e:
     raise InputError(
         f"{what}: not a readable image ({type(e).__name__}: {e}); expected a JPEG or PNG photo."
     ) from e
@@ -114,7 +111,8 @@ def read_landmarks_txt(path: str | os.PathLike) -> np.ndarray:
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such landmark file.")
   rows = []
-  with open(path, encoding="utf-8", errors="replace") as f:
+  # utf-8-sig: Windows editors (Notepad) start UTF-8 files with a byte-order mark.
+  with open(path, encoding="utf-8-sig", errors="replace") as f:
     for line_no, line in enumerate(f, 1):
       line = line.strip()
       if not line:

@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import jax_utils
 
-from vrn_jax import models, train
+from vrn_jax import models
 from vrn_jax.data import augment, pipeline
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 from vrn_jax.geometry.crop import CROP_SIZE
+from vrn_jax.training import checkpoints, steps
 
 # ------------------------------------------------------------------------------------------- checkpoints
 
@@ -35,7 +35,7 @@ def load_config(workdir: str, config=None):
                      "checkpoints/ and config.json (python run_train.py --workdir=DIR makes one).")
   path = os.path.join(workdir, "config.json")
   if config is not None:
-    train.check_workdir_model(config, workdir, optimiser=False)  # evaluation needs no optimiser state
+    checkpoints.check_workdir_model(config, workdir, optimiser=False)  # evaluation needs no optimiser state
     return config
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such file; {workdir} holds no training config. Pass the config the "
@@ -48,7 +48,7 @@ def load_config(workdir: str, config=None):
 
 
 def _abstract_variables(config) -> dict:
-  model = train.create_model(config, axis_name=None)
+  model = steps.create_model(config, axis_name=None)
   images = jax.ShapeDtypeStruct((1, CROP_SIZE, CROP_SIZE, 3), jnp.float32)
   return jax.eval_shape(lambda rng: model.lazy_init(rng, images, train=False), jax.random.key(0))
 
@@ -62,35 +62,35 @@ def restore_variables(config, workdir: str, step: int | None = None) -> tuple[di
   """{'params', 'batch_stats'} of checkpoint `step` (default: the latest) in `workdir/checkpoints`, as
   NumPy arrays, checked against the model of `config`.
 
-  Any Orbax checkpoint in train.py's layout ({'step', 'params', 'batch_stats', 'opt_state'}, optionally
+  Any Orbax checkpoint in the layout of `vrn_jax.training.checkpoints` ({'step', 'params', 'batch_stats', 'opt_state'}, optionally
   'ema_params') is accepted; only params (the moving average when saved) and batch_stats are used.
   Restored without the saved device layout, so a checkpoint written on accelerators restores on a CPU.
   """
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = checkpoints.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise InputError(f"{directory}: no such checkpoint directory; train first (python run_train.py "
                      f"--workdir={workdir}) or point --workdir at a training directory.")
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
-                             options=options) as manager:
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise InputError(f"{directory}: no checkpoints in it; train first (python run_train.py "
-                       f"--workdir={workdir}).")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise InputError(f"{directory}: no checkpoint of step {step}; it has steps {steps}.")
-    metadata = manager.item_metadata(step)
+  expected = _abstract_variables(config)
+
+  def target_for(candidate):
+    metadata = manager.item_metadata(candidate)
     if metadata is None or "params" not in metadata or "batch_stats" not in metadata:
       found = sorted(metadata) if metadata is not None else "nothing readable"
-      raise InputError(f"{directory}/{step}: not a vrn_jax checkpoint (found {found}); expected "
-                       "'params' and 'batch_stats' (train.py's layout).")
-    expected = _abstract_variables(config)
-    _check_model(config, directory, step, expected, metadata)
+      raise InputError(f"{directory}/{candidate}: not a vrn_jax checkpoint (found {found}); expected "
+                       "'params' and 'batch_stats' (the layout of vrn_jax.training.checkpoints).")
+    _check_model(config, directory, candidate, expected, metadata)
     # ShapeDtypeStructs without a sharding restore as NumPy arrays, whatever devices wrote them.
-    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metadata)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metadata)
+
+  with checkpoints.checkpoint_manager(workdir, 0, read_only=True) as manager:
+    steps_saved = sorted(manager.all_steps())
+    if not steps_saved:
+      raise InputError(f"{directory}: no checkpoints in it; train first (python run_train.py "
+                       f"--workdir={workdir}).")
+    if step is not None and step not in steps_saved:
+      raise InputError(f"{directory}: no checkpoint of step {step}; it has steps {steps_saved}.")
+    # Evaluation moves nothing: a damaged latest checkpoint is named in the log and the one before used.
+    restored, step = checkpoints.restore_usable(manager, target_for, step, move_damaged=False)
   # A run with config.ema_decay > 0 saved a moving average of its weights: that is the model it evaluated.
   variables = {"params": restored.get("ema_params", restored["params"]),
                "batch_stats": restored["batch_stats"]}
@@ -152,13 +152,10 @@ def _volume_logits(model, variables, images):
 
 def _eval_forward(model, variables, batch):
   """Per replica: soft volumes (b, 192, 192, 200) float32 and IoU (b,) against the decoded targets."""
-  # No augmentation: the crop as stored (float in [0, 1]) and its target, as train.eval_step sees them.
+  # No augmentation: the crop as stored (float in [0, 1]) and its target, as steps.eval_step sees them.
   images, targets, _ = jax.vmap(lambda e: augment.augment_example(None, e, None, train=False))(batch)
   logits = _volume_logits(model, variables, images)
-  pred = logits > 0.0
-  inter = jnp.sum(pred & targets, axis=(1, 2, 3))
-  union = jnp.sum(pred | targets, axis=(1, 2, 3))
-  return jax.nn.sigmoid(logits), inter / jnp.maximum(union, 1)
+  return jax.nn.sigmoid(logits), models.volume_iou(logits > 0.0, targets)
 
 
 def _photo_forward(model, variables, images):
@@ -168,6 +165,11 @@ def _photo_forward(model, variables, images):
 
 def _detector_forward(detector, variables, images):
   return detector.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[-1]
+
+
+def _heatmap_forward(model, variables, images):
+  """Per replica: VRN-Multitask's landmark heatmaps (b, 192, 192, 68) of (b, 192, 192, 3) uint8 crops."""
+  return model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)["heatmaps"]
 
 
 class Predictor:
@@ -183,7 +185,7 @@ class Predictor:
                small_batches: bool = False):
     self.config = config
     self.small_batches = small_batches
-    self.model = train.create_model(config, axis_name=None)
+    self.model = steps.create_model(config, axis_name=None)
     self.num_devices = jax.local_device_count()
     size = int(batch_size or config.eval_batch_size)
     self.batch_size = max(self.num_devices, size - size % self.num_devices)
@@ -200,6 +202,10 @@ class Predictor:
           {"params": variables["params"]["detector"],
            "batch_stats": variables["batch_stats"]["detector"]})
       self._detect = jax.pmap(functools.partial(_detector_forward, detector))
+    # VRN-Multitask regresses landmarks beside the volume; VRN-Guided's detector finds them.
+    self.predicts_landmarks = config.model.variant in ("vrn_multitask", "vrn_guided")
+    if config.model.variant == "vrn_multitask":
+      self._heatmaps = jax.pmap(functools.partial(_heatmap_forward, self.model))
 
   def padded_size(self, n: int) -> int:
     """The batch `n` images run as: `batch_size`, or with `small_batches` the smallest power of two
@@ -216,19 +222,11 @@ class Predictor:
     n = len(next(iter(arrays.values())))
     if n > self.batch_size:
       raise ValueError(f"{n} images in one call; at most batch_size = {self.batch_size}.")
-    size = self.padded_size(n)
-    out = {}
-    for k, v in arrays.items():
-      v = np.asarray(v)
-      if n < size:
-        v = np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)])
-      out[k] = v.reshape(self.num_devices, size // self.num_devices, *v.shape[1:])
-    return out, n
+    return pipeline.pad_and_shard(arrays, self.padded_size(n), self.num_devices), n
 
   @staticmethod
   def _unshard(x, n: int) -> np.ndarray:
-    x = np.asarray(x)
-    return x.reshape(-1, *x.shape[2:])[:n]
+    return pipeline.unshard(x, n)
 
   def evaluate_batch(self, fields: dict) -> tuple[np.ndarray, np.ndarray]:
     """Dataset fields (n <= batch_size rows, `pipeline.DEVICE_FIELDS` names) -> soft volumes
@@ -259,4 +257,15 @@ class Predictor:
       raise ValueError("detect_landmarks needs a VRN-Guided model.")
     sharded, n = self._shard({"image": crops})
     return heatmap_peaks(self._unshard(self._detect(self._detector_variables, sharded["image"]), n))
+
+  def predict_landmarks(self, crops: np.ndarray) -> np.ndarray:
+    """VRN-Multitask / VRN-Guided: (n <= batch_size, 192, 192, 3) uint8 -> (n, 68, 2) the network's
+    own crop landmarks (Multitask: its landmark head's; Guided: its detector's)."""
+    if not self.predicts_landmarks:
+      raise ValueError(f"predict_landmarks needs a VRN-Multitask or VRN-Guided model, not "
+                       f"{self.config.model.variant}.")
+    if self.has_detector:
+      return self.detect_landmarks(crops)
+    sharded, n = self._shard({"image": crops})
+    return heatmap_peaks(self._unshard(self._heatmaps(self._variables, sharded["image"]), n))
 

@@ -29,9 +29,10 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from vrn_jax.data import render
+from vrn_jax.faces import render
 from vrn_jax.face_finder import Face, FaceFinder, NoFaceError
-from vrn_jax.files import InputError, atomic_output, read_image_rgb, read_landmarks_txt, write_image_rgb
+from vrn_jax.errors import InputError
+from vrn_jax.files import atomic_output, read_image_rgb, read_landmarks_txt, write_image_rgb
 from vrn_jax.geometry.crop import (CROP_SIZE, CropTransform, crop_centre, crop_from_box,
                                    crop_from_landmarks, crop_image)
 from vrn_jax.geometry.isosurface import ISO_LEVEL, MESH_FORMATS, Mesh, save_mesh, volume_to_mesh, write_raw

@@ -35,6 +35,8 @@ def define_flags() -> None:
   flags.DEFINE_float("max_megapixels", 40.0, "Largest photo accepted (HTTP 413 above).")
   flags.DEFINE_integer("max_connections", 64, "Concurrent connections served; more get HTTP 503.")
   flags.DEFINE_integer("max_active", 4, "Photos reconstructed at once (bounds memory); more wait.")
+  flags.DEFINE_float("client_timeout_s", 30.0, "A connection whose client stalls this long mid-request "
+                     "(headers unfinished, no more of the body, its answer unread) is closed.")
 
 
 def main(argv):
@@ -43,7 +45,8 @@ def main(argv):
 
   serve.run(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.host, FLAGS.port, FLAGS.batch_size,
             FLAGS.max_wait_ms / 1000, int(FLAGS.max_upload_mb * 2**20),
-            int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections, FLAGS.max_active)
+            int(FLAGS.max_megapixels * 1e6), FLAGS.max_connections, FLAGS.max_active,
+            FLAGS.client_timeout_s)
 
 
 def console() -> None:

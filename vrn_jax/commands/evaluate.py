@@ -5,12 +5,16 @@
   python run_eval.py --workdir=W --images=PATH_OR_GLOB --output_dir=OUT
                      [--crop=auto|landmarks|box|find|guided|center|none] [--landmarks=DIR]
                      [--boxes=FILE] [--mesh_formats=obj,glb] [--raw]
+                     [--photo_metrics [--photo_reference=FILE]]
 
 The model config comes from W/config.json (written by training) unless --config is given; the checkpoint
 is the latest in W/checkpoints unless --step is. Evaluation runs on the config's evaluation split
 (`data.eval_config` / `data.eval_split`; override with --config.data.eval_split=... together with
 --config) and writes W/eval/<step>/{metrics.json, samples.csv, ced.png} (and meshes/ with
---export_meshes). See vrn_jax/evaluate.py for the protocols and outputs.
+--export_meshes). See vrn_jax/evaluate.py for the protocols and outputs. With --images and
+--photo_metrics, the reconstructions are also scored without 3D ground truth (face-hull coverage, inner
+landmarks, relief against the synthetic ground truth's range at the face's yaw, the network's own
+landmark NME) into OUT/photo_metrics.json and OUT/contact_sheet.png; see vrn_jax/photo_report.py.
 """
 
 import sys
@@ -24,7 +28,7 @@ from absl import flags
 
 from vrn_jax import cli
 
-from vrn_jax import files
+from vrn_jax import errors
 
 FLAGS = flags.FLAGS
 
@@ -54,6 +58,10 @@ def define_flags() -> None:
   flags.DEFINE_bool("raw", False, "Also write <name>.raw, the release's volume format.")
   flags.DEFINE_list("mesh_formats", ["obj", "glb"], "Mesh files per face, crop and photo frame: any of "
                     "obj, ply, glb (GLB: glTF 2.0 with vertex colours, y up, 1 pixel = 1 mm).")
+  flags.DEFINE_bool("photo_metrics", False, "Also score the reconstructions without 3D ground truth: "
+                    "OUT/photo_metrics.json and OUT/contact_sheet.png (vrn_jax/photo_report.py).")
+  flags.DEFINE_string("photo_reference", None, "--photo_metrics: the ground-truth reference JSON (default: "
+                      "built from the config's evaluation split once, then cached beside the dataset).")
   flags.DEFINE_bool("progress", True, "Progress bars (with ETA) on stderr.")
   # Both.
   flags.DEFINE_integer("batch_size", None, "Images per inference batch (default: config.eval_batch_size).")
@@ -86,11 +94,22 @@ def _reconstruct() -> int:
   from vrn_jax import reconstruct  # pylint: disable=g-import-not-at-top
 
   if not FLAGS.output_dir:
-    raise files.InputError("--images needs --output_dir=DIR for the reconstructions.")
-  results = reconstruct.reconstruct_checkpoint(
-      FLAGS.workdir, FLAGS.images, FLAGS.output_dir, FLAGS.config, FLAGS.step, FLAGS.crop,
-      FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads,
-      FLAGS.mesh_formats, FLAGS.progress)
+    raise errors.InputError("--images needs --output_dir=DIR for the reconstructions.")
+  report = None
+  if FLAGS.photo_metrics:
+    from vrn_jax import photo_report  # pylint: disable=g-import-not-at-top
+
+    report, results = photo_report.reconstruct_and_score(
+        FLAGS.workdir, FLAGS.images, FLAGS.output_dir, FLAGS.config, FLAGS.step, FLAGS.crop,
+        FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads,
+        FLAGS.mesh_formats, FLAGS.progress, FLAGS.photo_reference)
+  elif FLAGS.photo_reference:
+    raise errors.InputError("--photo_reference is for --photo_metrics.")
+  else:
+    results = reconstruct.reconstruct_checkpoint(
+        FLAGS.workdir, FLAGS.images, FLAGS.output_dir, FLAGS.config, FLAGS.step, FLAGS.crop,
+        FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads,
+        FLAGS.mesh_formats, FLAGS.progress)
   failed = [r for r in results if r.error]
   for r in results:
     if r.error:
@@ -102,6 +121,9 @@ def _reconstruct() -> int:
   print(f"reconstructed {len(results) - len(failed)} face(s) from {photos - bad_photos} of {photos} "
         f"photo(s) into {FLAGS.output_dir}"
         + (f"; {len(failed)} failed (see the errors above)" if failed else ""))
+  if report is not None:
+    print(photo_report.format_table(report))
+    print(f"wrote {FLAGS.output_dir}/{photo_report.METRICS_FILE}, {photo_report.CONTACT_SHEET_FILE}")
   return 1 if failed else 0
 
 
@@ -110,7 +132,10 @@ def main(argv):
   if FLAGS.images:
     sys.exit(_reconstruct())
   if FLAGS.output_dir:
-    raise files.InputError("--output_dir is for --images; evaluation writes to W/eval/<step>/.")
+    raise errors.InputError("--output_dir is for --images; evaluation writes to W/eval/<step>/.")
+  if FLAGS.photo_metrics or FLAGS.photo_reference:
+    raise errors.InputError("--photo_metrics scores reconstructions of photos: give --images=PATH_OR_GLOB "
+                            "and --output_dir=DIR.")
   _evaluate()
 
 

@@ -32,11 +32,11 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from vrn_jax import train  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, steps# pylint: disable=g-import-not-at-top
 
   try:
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:
+    result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except steps.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"held-out volume IoU {result['iou']:.4f} ({result['examples']} examples, step {result['step']})")

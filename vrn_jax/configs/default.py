@@ -85,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # depth 3, 600 steps: lr 3e-3 0.677 and bias correction 0.663 (lr 2e-3) / 0.684 (lr 4e-3) against
   # 0.673 -- one run each, differences of about 0.01 that they cannot tell from run-to-run variation,
   # so lr 2e-3 and the Torch7 rule stay for everything but the convolution kernels.
-  # Those take Muon's step (`train.create_optimizer`: each kernel's momentum orthogonalised as a
+  # Those take Muon's step (`optimizers.create_optimizer`: each kernel's momentum orthogonalised as a
   # (kh*kw*cin, cout) matrix), here all but the patchify stem's first. 1,200-step races (2026-11-30,
   # third session; seed 0, first 64 test faces) against 0.814 with RMSProp alone: Muon rate 0.05 / 0.02
   # / 0.01 with the stem's and the head's last kernels on RMSProp 0.822 / 0.828 / 0.833; with only the
@@ -123,6 +123,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 25
   config.checkpoint_every_steps = 250
   config.keep_checkpoints = 3
+  # Steps with a non-finite loss, gradient or new weight are skipped on the device (the weights stay as
+  # they were); this many are tolerated in a run, the next one stops it (0: stop at the first).
+  config.max_nonfinite_steps = 0
   config.eval_examples = 64         # held-out examples for the IoU printed at the end (-1: all)
   config.eval_batch_size = 8
   config.seed = 0

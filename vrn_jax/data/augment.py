@@ -94,7 +94,7 @@ def augment_image(image: jax.Array, params: dict) -> jax.Array:
   return jnp.clip(warped * params["colour"], 0.0, 1.0)
 
 
-def decode_volume(depth: jax.Array, back: jax.Array, step: jax.Array, affine: jax.Array,
+def decode_volume_jax(depth: jax.Array, back: jax.Array, step: jax.Array, affine: jax.Array,
                   shape: tuple[int, int, int] = VOLUME_SHAPE, rows: jax.Array | None = None,
                   cols: jax.Array | None = None) -> jax.Array:
   """JAX twin of `vrn_jax.geometry.voxelise.decode_volume`: bool (192, 192, 200) (y, x, z).
@@ -128,6 +128,6 @@ def augment_example(rng: jax.Array, example: dict, cfg: AugmentConfig | None, tr
   params = sample_params(rng, cfg) if (train and cfg is not None) else identity_params()
   image = augment_image(example["image"], params)
   affine = augmented_affine(example["volume_affine"], params)
-  target = decode_volume(example["volume_depth"], example["volume_back"], example["volume_step"],
+  target = decode_volume_jax(example["volume_depth"], example["volume_back"], example["volume_step"],
                          affine, rows=rows, cols=cols)
   return image, target, augment_landmarks(example["landmarks"], params)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from vrn_jax.data import examples, readers
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "test": 2}
 
@@ -34,7 +34,7 @@ def num_workers() -> int:
 @functools.lru_cache(maxsize=4)
 def _model_from(manual_dir: str | None):
   if manual_dir is None:
-    from vrn_jax.data.face_model import build_face_model  # pylint: disable=g-import-not-at-top
+    from vrn_jax.faces.face_model import build_face_model  # pylint: disable=g-import-not-at-top
 
     return build_face_model()
   return readers.find_morphable_model(manual_dir)
@@ -42,7 +42,7 @@ def _model_from(manual_dir: str | None):
 
 def synthetic_example(seed: int, index: int) -> tuple[str, dict]:
   """Example `index` of the procedural set with base `seed`: deterministic, independent of the others."""
-  from vrn_jax.data.synthetic import sample_face  # pylint: disable=g-import-not-at-top
+  from vrn_jax.faces.synthetic import sample_face  # pylint: disable=g-import-not-at-top
 
   model = _model_from(None)
   face = sample_face(model, np.random.default_rng([seed, index]))

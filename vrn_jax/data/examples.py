@@ -85,7 +85,7 @@ def compact_from_example(example: dict) -> CompactVolume:
                        step=float(volume["step"]), affine=np.asarray(volume["affine"], np.float32))
 
 
-def decode_volume(example: dict) -> np.ndarray:
+def example_volume(example: dict) -> np.ndarray:
   """The example's binary target, bool (192, 192, 200) (y, x, z). On the host for inspection and tests;
   training decodes on the accelerator from the same fields."""
   return _decode(compact_from_example(example))

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 
 DATASET = "vrn_faces"
 VERSION = "1.1.0"  # the built dataset version; the tfds builder takes its VERSION from here
@@ -53,6 +53,24 @@ def flatten_example(example: dict, fields: Sequence[str] = DEVICE_FIELDS) -> dic
       value = value[part]
     out[field.replace("/", "_")] = np.asarray(value)
   return out
+
+
+def pad_and_shard(arrays: dict, size: int, devices: int) -> dict:
+  """{name: (n <= size, ...)} -> {name: (devices, size / devices, ...)}, the rows after n copies of the
+  last one (a partial last batch runs in the compiled batch size; `unshard` drops the copies)."""
+  out = {}
+  for k, v in arrays.items():
+    v = np.asarray(v)
+    if len(v) < size:
+      v = np.concatenate([v, np.repeat(v[-1:], size - len(v), axis=0)])
+    out[k] = v.reshape(devices, size // devices, *v.shape[1:])
+  return out
+
+
+def unshard(x, n: int) -> np.ndarray:
+  """(devices, per_device, ...) -> the first n rows of (devices * per_device, ...)."""
+  x = np.asarray(x)
+  return x.reshape(-1, *x.shape[2:])[:n]
 
 
 def epoch_indices(num_examples: int, epoch: int, seed: int, shuffle: bool, process_index: int,

@@ -14,7 +14,9 @@ import os
 
 import numpy as np
 
-from vrn_jax.files import InputError, atomic_output
+from vrn_jax.errors import InputError
+
+from vrn_jax.files import atomic_output
 
 CROP_SIZE = 192
 # run.m: s = 90 / sqrt(prod(max(P) - min(P))): the landmarks' bounding box gets a geometric-mean side of
@@ -101,12 +103,22 @@ def crop_from_landmarks(points, image_hw: tuple[int, int], what: str = "landmark
     image_hw: (height, width) of the photo: run.m's rounding depends on it.
   """
   p = _check_points(points, what)
-  extent = p.max(axis=0) - p.min(axis=0)
-  if np.any(extent <= 0):
-    raise InputError(f"{what}: landmarks span {extent.tolist()} pixels; expected a face with area.")
+  lo, hi = p.min(axis=0), p.max(axis=0)
+  extent = hi - lo
+  if np.any(extent < 1.0):
+    raise InputError(f"{what}: landmarks span {extent.tolist()} pixels; expected a face at least a pixel "
+                     "across each way.")
   s = LANDMARK_EXTENT_PX / math.sqrt(float(np.prod(extent)))
   m = p.mean(axis=0)
   h, w = image_hw
+  # A face partly outside the photo (at its edge) is cropped with zero padding, as run.m pads. Landmarks
+  # centred off the photo, or reaching more than the photo's size beyond it, are another photo's (or
+  # another scale's): an error rather than a black crop (or, for a huge span, a huge resampling window).
+  centred = -0.5 <= m[0] <= w - 0.5 and -0.5 <= m[1] <= h - 0.5
+  if not centred or np.any(lo < (-w, -h)) or np.any(hi > (2 * w, 2 * h)):
+    raise InputError(f"{what}: landmarks span x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f} "
+                     f"(0-based pixels) around ({m[0]:.1f}, {m[1]:.1f}), off the {w}x{h} photo; expected "
+                     "a face centred in this photo.")
   offsets = []
   for centre, size in ((m[0], w), (m[1], h)):
     offsets.append(-s * centre + s * (size - 1) / 2 + 95.5 - math.floor(math.ceil(s * size) / 2))

@@ -4,11 +4,14 @@ released VRN `.raw` format."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 
 import numpy as np
 
-from vrn_jax.files import InputError, atomic_output
+from vrn_jax.errors import InputError
+
+from vrn_jax.files import atomic_output
 from vrn_jax.geometry.crop import CropTransform
 from vrn_jax.geometry.voxelise import VOLUME_SHAPE, Z_SCALE
 
@@ -70,6 +73,10 @@ def _check_volume(volume: np.ndarray, what: str) -> np.ndarray:
   if np.issubdtype(volume.dtype, np.floating):
     if not np.all(np.isfinite(volume)):
       raise InputError(f"{what}: volume contains NaN or infinity.")
+    lo, hi = float(volume.min()), float(volume.max())
+    if lo < 0.0 or hi > 1.0:  # e.g. logits: meshed at 0.5 they would give the wrong surface
+      raise InputError(f"{what}: volume values span {lo:.4g}..{hi:.4g}; expected probabilities in [0, 1] "
+                       "(the sigmoid of the network's logits).")
     return volume.astype(np.float32)
   raise InputError(f"{what}: volume dtype {volume.dtype}; expected float in [0, 1], bool or uint8.")
 
@@ -86,8 +93,11 @@ def load_volume(path: str | os.PathLike) -> np.ndarray:
       volume = np.load(path, allow_pickle=False)
     except FileNotFoundError:
       raise InputError(f"{path}: no such .npy volume file.") from None
-    except (ValueError, OSError) as e:
-      raise InputError(f"{path}: not a readable .npy array ({e}).") from e
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
+      raise InputError(f"{path}: not a readable .npy array ({type(e).__name__}: {e}).") from e
+    if not isinstance(volume, np.ndarray):  # np.load opens a .npz archive whatever its name
+      volume.close()
+      raise InputError(f"{path}: a .npz archive, not a .npy array; expected one (192, 192, 200) array.")
     return _check_volume(volume, path)
   raise InputError(f"{path}: unknown volume extension {ext!r}; expected .raw or .npy.")
 
@@ -111,9 +121,15 @@ def volume_to_mesh(volume: np.ndarray, level: float = 0.5, image: np.ndarray | N
   """
   from skimage import measure  # pylint: disable=g-import-not-at-top
 
-  volume = np.asarray(volume, np.float32)
-  if volume.ndim != 3:
-    raise InputError(f"volume has shape {volume.shape}; expected 3 axes (y, x, z).")
+  volume = np.asarray(volume)
+  if volume.dtype != bool and not np.issubdtype(volume.dtype, np.integer) and not np.issubdtype(
+      volume.dtype, np.floating):
+    raise InputError(f"volume dtype {volume.dtype}; expected real numbers (float, integer or bool).")
+  volume = volume.astype(np.float32, copy=False)
+  if volume.ndim != 3 or volume.size == 0:
+    raise InputError(f"volume has shape {volume.shape}; expected 3 non-empty axes (y, x, z).")
+  if not np.all(np.isfinite(volume)):  # marching cubes would put NaN vertices in the mesh
+    raise InputError("volume contains NaN or infinity.")
   # March only the box where the level is crossed (plus a one-voxel border): the face fills a fraction
   # of the volume, and this is what makes meshing fast.
   above = volume > level
@@ -160,14 +176,19 @@ def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
   if fmt not in MESH_FORMATS:
     raise InputError(f"mesh format {fmt!r}; expected one of {', '.join(MESH_FORMATS)}.")
   if fmt == "obj":
-    tm = mesh.to_trimesh()
-    return tm.export(file_type="obj", include_color=mesh.colors is not None,
-                     include_normals=False).encode("utf-8")
-  if fmt == "ply":
-    return mesh.to_trimesh().export(file_type="ply", encoding="binary")
-  flipped = Mesh(mesh.vertices * np.array([1.0, -1.0, 1.0]) * GLB_METRES_PER_PIXEL,
-                 mesh.faces[:, ::-1], mesh.colors)
-  return _with_glb_material(flipped.to_trimesh().export(file_type="glb", include_normals=True))
+    data = mesh.to_trimesh().export(file_type="obj", include_color=mesh.colors is not None,
+                                    include_normals=False).encode("utf-8")
+  elif fmt == "ply":
+    data = mesh.to_trimesh().export(file_type="ply", encoding="binary")
+  else:
+    flipped = Mesh(mesh.vertices * np.array([1.0, -1.0, 1.0]) * GLB_METRES_PER_PIXEL,
+                   mesh.faces[:, ::-1], mesh.colors)
+    data = _with_glb_material(flipped.to_trimesh().export(file_type="glb", include_normals=True))
+  # A trimesh object is a reference cycle holding copies of the mesh (61 MB for a face's GLB, 12 MB for
+  # its PLY or OBJ) until a full collection, which the web app's load seldom triggered (its RSS grew by
+  # gigabytes). The young generations it sits in are collected in ~0.1 ms.
+  gc.collect(1)
+  return data
 
 
 def _with_glb_material(glb: bytes) -> bytes:

@@ -11,7 +11,9 @@ import os
 
 import numpy as np
 
-from vrn_jax.files import InputError, load_mat
+from vrn_jax.errors import InputError
+
+from vrn_jax.files import load_mat
 
 
 @dataclasses.dataclass(frozen=True)

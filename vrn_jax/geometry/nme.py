@@ -44,7 +44,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from vrn_jax.files import InputError, atomic_output
+from vrn_jax.errors import InputError
+
+from vrn_jax.files import atomic_output
 from vrn_jax.geometry.mesh import vertex_normals
 
 # iBUG 68 landmarks 37 and 46 (1-based): the outer eye corners, whose 3D distance normalises the NME.

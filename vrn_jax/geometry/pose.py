@@ -61,6 +61,13 @@ class Pose:
     return rotation_3ddfa(self.pitch, self.yaw, self.roll)
 
   @property
+  def face_turn_deg(self) -> float:
+    """Degrees between the face's forward axis (the model's +z) and the direction to the camera: 0 for a
+    frontal face, 90 for a profile, 180 for the back of the head. Unlike `yaw`, the same for every
+    (pitch, yaw, roll) that gives one rotation."""
+    return float(np.degrees(np.arccos(np.clip(self.rotation[2, 2], -1.0, 1.0))))
+
+  @property
   def image_rotation(self) -> np.ndarray:
     """(3, 3) the same rotation acting on y-down image coordinates: F R F."""
     return _FLIP_Y @ self.rotation @ _FLIP_Y

@@ -26,6 +26,15 @@ def volume_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(_sigmoid_xent(x, t, jnp.exp(-jnp.abs(x))))
 
 
+def volume_iou(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """(B, ...) bool predicted and target volumes -> (B,) intersection over union (0 where both are
+  empty)."""
+  axes = tuple(range(1, pred.ndim))
+  inter = jnp.sum(pred & target, axis=axes)
+  union = jnp.sum(pred | target, axis=axes)
+  return inter / jnp.maximum(union, 1)
+
+
 def _sigmoid_xent(x: jax.Array, t: jax.Array, e: jax.Array) -> jax.Array:
   """Per-voxel sigmoid cross-entropy given e = exp(-|x|)."""
   return jnp.maximum(x, 0.0) - x * t + jnp.log1p(e)

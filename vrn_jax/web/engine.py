@@ -114,6 +114,7 @@ class Engine:
   def __init__(self, predictor, finder: FaceFinder, max_wait_s: float = 0.02,
                max_pixels: int = 40_000_000, max_active: int = 4, keep: int = 16):
     self.predictor, self.finder, self.max_pixels, self._keep = predictor, finder, max_pixels, keep
+    self.max_active = max_active
     self._active = threading.BoundedSemaphore(max_active)
     self._batcher = _Batcher(predictor.volumes, predictor.batch_size, max_wait_s)
     self._results: collections.OrderedDict[str, Reconstruction] = collections.OrderedDict()

@@ -10,8 +10,8 @@ import time
 import uvicorn
 from absl import logging
 
-from vrn_jax.files import InputError
-from vrn_jax.web import server
+from vrn_jax.errors import InputError
+from vrn_jax.web import protocol, server
 
 
 def no_model_message(workdir: str, problem: str) -> str:
@@ -53,14 +53,20 @@ def load_engine(workdir: str, config=None, step: int | None = None, batch_size: 
 
 def run(workdir: str, config=None, step: int | None = None, host: str = "127.0.0.1", port: int = 8000,
         batch_size: int = 4, max_wait_s: float = 0.02, max_upload_bytes: int = 25 * 2**20,
-        max_pixels: int = 40_000_000, max_connections: int = 64, max_active: int = 4) -> None:
+        max_pixels: int = 40_000_000, max_connections: int = 64, max_active: int = 4,
+        client_timeout_s: float = 30.0) -> None:
+  if not client_timeout_s > 0:
+    raise InputError(f"--client_timeout_s={client_timeout_s}: expected a number of seconds > 0.")
   engine, description = load_engine(workdir, config, step, batch_size, max_wait_s, max_pixels,
                                     max_active)
   if engine is None:
     logging.warning("%s", description)
   app = server.create_app(engine, model=description if engine else "",
                           message="" if engine else description, max_upload_bytes=max_upload_bytes)
+  # Connections count towards max_connections from when they open: a client stalled mid-request is
+  # closed after client_timeout_s (vrn_jax/web/protocol.py), or a few could lock everybody out.
   config = uvicorn.Config(app, log_level="warning", access_log=False,
+                          http=protocol.stalled_client_protocol(client_timeout_s),
                           limit_concurrency=max_connections, timeout_keep_alive=30)
   # The socket is bound and listening before "ready" is printed: connections made from then on wait in
   # its backlog until the server accepts them. Port 0 picks a free port.

@@ -10,7 +10,13 @@ Examples are made in parallel processes (all cores; `VRN_FACES_NUM_WORKERS=N` to
 
 from __future__ import annotations
 
+import fcntl
+import glob
+import os
+import shutil
+
 import numpy as np
+from absl import logging
 import tensorflow_datasets as tfds
 
 from vrn_jax.data import pipeline
@@ -21,7 +27,7 @@ Face crops (192x192, the release's run.m crop from the 68 projected 3DMM landmar
 target volume in compact form: `volume/depth` (384x384 frontal depth map, uint8 levels, 0 = empty),
 `volume/back` and `volume/step` (the surface sits at back + step * level frontal voxels; back is the
 fixed back plane) and `volume/affine` (crop voxel (x, y, k) -> frontal (u, v, kf));
-`vrn_jax.data.decode_volume(example)` gives the binary (192, 192, 200) volume (y, x, z). `landmarks`:
+`vrn_jax.data.example_volume(example)` gives the binary (192, 192, 200) volume (y, x, z). `landmarks`:
 (68, 3) crop frame, x, y pixels, z = voxel index * 0.5. `crop_transform`: [scale, tx, ty, tz] mapping
 photo pixels to the crop (crop = scale * photo + t).
 """
@@ -62,6 +68,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, file_format=None, **kwargs):
     # array_record by default: random access for `tfds.data_source`, which the input pipeline uses.
     super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def download_and_prepare(self, **kwargs) -> None:
+    """tfds' build, one process at a time per config (a file lock), after removing what an interrupted
+    build left: tfds writes into `incomplete.*` beside the version directory and renames it only when
+    complete, so a killed build leaves a partial copy that no reader sees but that would stay on disk."""
+    config_dir = os.path.dirname(os.fspath(self.data_dir))
+    os.makedirs(config_dir, exist_ok=True)
+    with open(os.path.join(config_dir, ".build.lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of this config finishes first
+      for stale in glob.glob(os.path.join(config_dir, "incomplete.*")):
+        logging.warning("vrn_faces: removing %s, left by an interrupted build.", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+      super().download_and_prepare(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

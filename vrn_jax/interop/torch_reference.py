@@ -1,6 +1,6 @@
 """PyTorch builds of our VRN networks, and the converter from PyTorch state dicts to Flax variables.
 
-Imports torch: only the released-weights importer (`data_prep/import_release.py`), tests and benchmarks
+Imports torch: only the released-weights importer (`vrn_jax/interop/release_import.py`), tests and benchmarks
 use this module; nothing in training or evaluation does.
 
 Two networks, both computing exactly what `vrn_jax.models.VRN` computes (eval mode: identical up to float
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrn_jax.files import InputError
+from vrn_jax.errors import InputError
 from vrn_jax.models import default_model_config, get_model
 from vrn_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from vrn_jax.models.release import (LOWER_BLOCKS, LOWER_BLOCKS_INNERMOST, UPPER_BLOCKS, ParamTarget,
@@ -292,7 +292,7 @@ class TrainStep:
   """One optimisation step of a PyTorch VRN: forward (train-mode BN), volume loss, backward, RMSProp.
 
   torch.optim.RMSprop(alpha=0.99, eps=1e-8), square average starting at 0, is Torch7's optim.rmsprop and
-  our `train.create_optimizer` (eps outside the square root): v = a v + (1 - a) g^2; p -= lr g /
+  our `optimizers.create_optimizer` (eps outside the square root): v = a v + (1 - a) g^2; p -= lr g /
   (sqrt(v) + eps).
 
       step = TrainStep(VRN(features=64, depth=4), learning_rate=1e-4, compile=True)

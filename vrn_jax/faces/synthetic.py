@@ -15,8 +15,8 @@ import os
 import numpy as np
 import scipy.io
 
-from vrn_jax.data import render
-from vrn_jax.data.face_model import build_face_model, save_3ddfa
+from vrn_jax.faces import render
+from vrn_jax.faces.face_model import build_face_model, save_3ddfa
 from vrn_jax.files import atomic_output, write_image_rgb
 from vrn_jax.geometry.morphable_model import MorphableModel
 from vrn_jax.geometry.pose import Pose
