@@ -293,7 +293,7 @@ def restore_workdir(workdir: str):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax.training import checkpoints, optimizers, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import checkpoints, optimizers, steps  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))

@@ -74,8 +74,9 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 
   from benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
-  from vrn_jax import models# pylint: disable=g-import-not-at-top
-  from vrn_jax.training import loop, optimizers, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax import models  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, optimizers  # pylint: disable=g-import-not-at-top
+  from vrn_jax.training import steps as train_steps  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   n = jax.local_device_count()
@@ -87,13 +88,13 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
   data_s = time.perf_counter() - t
   schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=1000)
   tx = optimizers.create_optimizer(config, schedule)
-  state = steps.create_train_state(config, jax.random.key(0), tx)
+  state = train_steps.create_train_state(config, jax.random.key(0), tx)
   params = models.count_parameters(state.params)
   state = loop.replicate(state)
   rngs = loop.replicate(jax.random.key(1))
   device_batch = next(jax_utils.prefetch_to_device(iter([host_batch]), 1))
-  p_step = jax.pmap(functools.partial(steps.train_step, config, steps.create_model(config), schedule),
-                    axis_name=steps.AXIS, donate_argnums=(0,))
+  p_step = jax.pmap(functools.partial(train_steps.train_step, config, train_steps.create_model(config), schedule),
+                    axis_name=train_steps.AXIS, donate_argnums=(0,))
   t = time.perf_counter()
   lowered = p_step.lower(state, device_batch, rngs)
   lower_s = time.perf_counter() - t
@@ -125,7 +126,7 @@ def run(config, steps: int, batch: int, dtype: str, chunk: int, distinct: int) -
       "date": datetime.date.today().isoformat(),
       "device": f"{jax.devices()[0].device_kind} x {n} ({jax.devices()[0].platform}, JAX {jax.__version__})",
       "model": f"{m.variant}, {m.topology} topology, {m.num_hourglasses} HG x {m.features}, depth {m.depth}, "
-               f"stem {m.stem}, body_stride {m.body_stride}, loss_stride {steps.loss_stride(config)}",
+               f"stem {m.stem}, body_stride {m.body_stride}, loss_stride {train_steps.loss_stride(config)}",
       "params": params, "batch": batch, "dtype": dtype, "steps": steps, "chunk": chunk,
       "distinct_faces": distinct, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "examples_per_s_median": statistics.median(rates), "examples_per_s_min": min(rates),

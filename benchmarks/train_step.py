@@ -152,7 +152,7 @@ def ours_train_step(config, plan: Plan, host_batch: dict, dtype: str) -> Measure
   import jax  # pylint: disable=g-import-not-at-top
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax.training import loop, optimizers, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, optimizers, steps  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
@@ -173,7 +173,7 @@ def ours_model_step(config, plan: Plan, images: np.ndarray, targets: np.ndarray)
   `steps.loss_and_outputs`."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax.training import optimizers, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import optimizers, steps  # pylint: disable=g-import-not-at-top
 
   schedule = optimizers.learning_rate_schedule(config, steps_per_epoch=1000)
   state = steps.create_train_state(config, jax.random.key(0), optimizers.create_optimizer(config, schedule))

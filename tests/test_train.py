@@ -194,8 +194,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     loop.train_and_evaluate(config, workdir)
   bad_step = int(str(info.value).split("at step ")[1].split()[0])
   assert bad_step >= 2
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-  assert steps and steps[-1] == bad_step - 1
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved and saved[-1] == bad_step - 1
   _, good = _checkpoint(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(good["params"]))
   # Between checkpoints the metrics are read a step late: the same step is named, nothing is saved.

@@ -370,7 +370,7 @@ def evaluate_checkpoint(workdir: str, config=None, step: int | None = None, num_
   """Evaluates checkpoint `step` (default: latest) of `workdir` on the config's evaluation split
   (`config.data.eval_config` / `eval_split`); writes `workdir/eval/<step>/`. Returns metrics.json's dict
   plus 'step' and 'output_dir'."""
-  from vrn_jax.training import loop# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop  # pylint: disable=g-import-not-at-top
   from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(os.path.expanduser(workdir))

@@ -32,7 +32,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from vrn_jax.training import loop, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import loop, steps  # pylint: disable=g-import-not-at-top
 
   try:
     result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
