@@ -33,7 +33,8 @@ ELSEWHERE = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt":
         (".ci/run", ["-m venv", "pip install --quiet -r requirements.txt"]),
     "python -m pytest -q": (".ci/run", ["python -m pytest -q"]),
-    "python run_demo.py": ("tests/test_web.py", ['"run_demo.py"']),
+    # tests/test_web.py starts the server through DemoServer.
+    "python run_demo.py": ("benchmarks/demo_server.py", ['"run_demo.py"']),
     "python run_train.py": ("tests/conftest.py", ['"run_train.py", "--config=configs/default.py:test"']),
     "tfds build vrn_jax/datasets/vrn_faces --config=synthetic":
         ("tests/test_dataset.py", ['["tfds", "build"', '"vrn_faces"']),
