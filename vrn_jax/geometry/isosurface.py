@@ -4,7 +4,6 @@ released VRN `.raw` format."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 
 import numpy as np
@@ -176,19 +175,14 @@ def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
   if fmt not in MESH_FORMATS:
     raise InputError(f"mesh format {fmt!r}; expected one of {', '.join(MESH_FORMATS)}.")
   if fmt == "obj":
-    data = mesh.to_trimesh().export(file_type="obj", include_color=mesh.colors is not None,
-                                    include_normals=False).encode("utf-8")
-  elif fmt == "ply":
-    data = mesh.to_trimesh().export(file_type="ply", encoding="binary")
-  else:
-    flipped = Mesh(mesh.vertices * np.array([1.0, -1.0, 1.0]) * GLB_METRES_PER_PIXEL,
-                   mesh.faces[:, ::-1], mesh.colors)
-    data = _with_glb_material(flipped.to_trimesh().export(file_type="glb", include_normals=True))
-  # A trimesh object is a reference cycle holding copies of the mesh (61 MB for a face's GLB, 12 MB for
-  # its PLY or OBJ) until a full collection, which the web app's load seldom triggered (its RSS grew by
-  # gigabytes). The young generations it sits in are collected in ~0.1 ms.
-  gc.collect(1)
-  return data
+    tm = mesh.to_trimesh()
+    return tm.export(file_type="obj", include_color=mesh.colors is not None,
+                     include_normals=False).encode("utf-8")
+  if fmt == "ply":
+    return mesh.to_trimesh().export(file_type="ply", encoding="binary")
+  flipped = Mesh(mesh.vertices * np.array([1.0, -1.0, 1.0]) * GLB_METRES_PER_PIXEL,
+                 mesh.faces[:, ::-1], mesh.colors)
+  return _with_glb_material(flipped.to_trimesh().export(file_type="glb", include_normals=True))
 
 
 def _with_glb_material(glb: bytes) -> bytes:

@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from vrn_jax.face_finder import NoFaceError
 from vrn_jax.errors import InputError, TooLargeError
-from vrn_jax.geometry.isosurface import MESH_FORMATS, mesh_bytes
+from vrn_jax.geometry.isosurface import MESH_FORMATS
 from vrn_jax.web.engine import Engine
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -148,7 +148,7 @@ def create_app(engine: Engine | None, model: str = "", message: str = "",
       return _error(404, f"no file {index}.{fmt}: the result has faces 1..{len(result.faces)} in "
                     f"{', '.join(MESH_FORMATS)}.")
     face = result.faces[index - 1]
-    data = face.glb if fmt == "glb" else await run_in_threadpool(mesh_bytes, face.mesh, fmt)
+    data = face.glb if fmt == "glb" else await run_in_threadpool(engine.mesh_file, face.mesh, fmt)
     return Response(data, media_type=MEDIA_TYPES[fmt], headers={
         "Content-Disposition": content_disposition(result.face_name(index - 1), fmt)})
 
