@@ -2,6 +2,7 @@
 
   python benchmarks/demo.py [--workdir=workdirs/default] [--latency_runs=20] [--load_seconds=60]
                             [--clients=8] [--quick] [--json OUT.json]
+  python benchmarks/demo.py --faults=180 [--clients=16] [--seed=0]    (the soak under faults)
 
 1. Latency, in process (`serve.load_engine` + `Engine.reconstruct`, no HTTP): a ~1-megapixel photo
    (asj.jpg scaled to 800 pixels high, centred on a grey 1280x800 canvas, JPEG quality 90) and the five
@@ -15,6 +16,15 @@
    (a 200 answer whose width, height or name is not its own request's photo), the server's forward
    stage under load (batched across requests), and the server's RSS (VmRSS) after warm-up, peak during
    the load (sampled every 0.25 s) and after it.
+
+3. With --faults=SECONDS, instead of 1 and 2: the soak under faults. A `run_demo.py` server
+   (--max_upload_mb=3, --client_timeout_s=5), warmed up with 32 distinct face photos at once, then
+   `clients` threads for SECONDS, each making one request after another from benchmarks/web_faults.py's
+   mix (a third good uploads of those photos, the rest fuzzed files, cut uploads, hang-ups, cut
+   downloads, oversized bodies, stalled connections): requests by kind and by answer, problems (a 5xx,
+   a wrong or missing answer, a hang), mismatches (an answer that is not the request's own: name, size,
+   face boxes, download name), what the server still reconstructs or queues once they stop (slots held
+   for nobody), its tracebacks, and its RSS after warm-up, at each quarter, at its peak and after.
 
 Every figure is from a single run; on a shared machine they move with what else runs (the load
 averages before and after are printed). --quick: 3 latency runs, 10 s of load, 4 clients.
@@ -204,6 +214,75 @@ def load_rows(workdir: str, photos, clients: int, seconds: float, batch: int,
   return rows
 
 
+# ------------------------------------------------------------------ the soak under faults
+
+FAULT_SERVER_FLAGS = ("--max_upload_mb=3", "--client_timeout_s=5")
+
+
+def fault_rows(workdir: str, clients: int, seconds: float, seed: int, kw: dict) -> list[common.Row]:
+  from benchmarks import fuzz_inputs, web_faults  # pylint: disable=g-import-not-at-top
+
+  photos = web_faults.distinct_face_photos(FIXTURES, 32)
+  web_faults.find_boxes(photos)
+  cases = fuzz_inputs.photo_cases(seed, 240)
+  with DemoServer(workdir, *FAULT_SERVER_FLAGS) as server:
+    ctx = web_faults.Context(server.port, photos, cases, 3 * 2**20, 5.0)
+    rss_idle = server.rss_mib()
+    warm = web_faults.run_clients(ctx, 32, {"good": 1}, seed, per_client=1)
+    web_faults.settle(server.port)
+    rss_before = server.rss_mib()
+    run = web_faults.run_clients(ctx, clients, web_faults.SOAK_MIX, seed, seconds=seconds,
+                                 pid=server.proc.pid)
+    left = {}
+    try:
+      web_faults.settle(server.port, 60)
+    except AssertionError as e:
+      left = {"error": str(e)}
+    after = web_faults.status(server.port)
+    time.sleep(1.0)
+    rss_after, tracebacks = server.rss_mib(), server.tracebacks
+    alive = server.proc.poll() is None
+
+  elapsed = run.end - run.start
+  outcomes = run.outcomes
+  problems = [o for o in outcomes if o.problem]
+  by_kind = collections.Counter(o.kind for o in outcomes)
+  results = collections.Counter((o.kind, o.result) for o in outcomes)
+  codes = collections.Counter(o.result for o in outcomes if o.result.isdigit())
+  what = f"{clients} clients, {seconds:g} s"
+  good = [o for o in outcomes if o.kind == "good" and o.result == "200" and not o.problem]
+  rows = [common.Row("faults: requests made", len(outcomes), "requests", 0, **kw,
+                     note=f"{what}; {len(outcomes) / elapsed:.2f}/s over {elapsed:.1f} s"),
+          common.Row("faults: good uploads answered as their own", len(good), "requests", 0, **kw,
+                     note=f"{len(good) / elapsed:.2f}/s; warm-up: {sum(o.problem is None for o in warm.outcomes)}"
+                     f"/32 at once")]
+  for kind in web_faults.FAULTS:
+    rows.append(common.Row(f"faults: {kind}", by_kind[kind], "requests", 0, **kw, note=", ".join(
+        f"{r}: {n}" for (k, r), n in sorted(results.items()) if k == kind)))
+  rows.append(common.Row("faults: answers by HTTP status", sum(codes.values()), "answers", 0, **kw,
+                         note=", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))))
+  rows.append(common.Row("faults: 5xx answers", sum(n for c, n in codes.items() if c.startswith("5")),
+                         "answers", 0, **kw))
+  rows.append(common.Row("faults: problems", len(problems), "requests", 0, **kw,
+                         note="; ".join(o.problem for o in problems[:5])))
+  rows.append(common.Row("faults: mismatched answers", sum(o.mismatch for o in outcomes), "requests", 0,
+                         **kw, note="name, size, face boxes or download name not the request's own"))
+  rows.append(common.Row("faults: photos still reconstructing/queued 60 s after", after["reconstructing"]
+                         + after["queued"], "photos", 0, **kw, note=left.get("error", "")))
+  rows.append(common.Row("faults: server tracebacks", tracebacks, "tracebacks", 0, **kw,
+                         note="server " + ("up" if alive else "DOWN") + " at the end"))
+  quarters = [(f"at {q}/4 of the soak", ([m for t, m in run.rss if t <= run.start + seconds * q / 4][-1:]
+                                         or [None])[0]) for q in (1, 2, 3, 4)]
+  for label, value in (("loaded, idle", rss_idle), ("after warm-up (32 at once)", rss_before),
+                       *quarters, ("peak during the soak", max((m for _, m in run.rss), default=None)),
+                       ("after the soak (+1 s)", rss_after)):
+    rows.append(common.Row(f"faults: server RSS {label}", value, "MiB", 0, **kw,
+                           note="VmRSS sampled every 0.25 s" if label.startswith("peak") else ""))
+  for o in problems:
+    print("problem:", o.problem, file=sys.stderr)
+  return rows
+
+
 def print_markdown(rows: list[common.Row], lines: list[str]) -> None:
   for line in lines:
     print(line)
@@ -222,6 +301,9 @@ def main() -> None:
   parser.add_argument("--clients", type=int, default=8)
   parser.add_argument("--quick", action="store_true", help="latency_runs=3, load_seconds=10, clients=4")
   parser.add_argument("--json", help="write the rows here, as a list of dicts")
+  parser.add_argument("--faults", type=float, default=0.0,
+                      help="seconds of the soak under faults (3. in the doc); it replaces 1. and 2.")
+  parser.add_argument("--seed", type=int, default=0, help="the soak's seed (fuzzed files, fault order)")
   args = parser.parse_args()
   if args.quick:
     args.latency_runs, args.load_seconds, args.clients = 3, 10.0, 4
@@ -229,9 +311,35 @@ def main() -> None:
   from vrn_jax import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.keep_freed_memory()  # as run_demo.py does, before NumPy and JAX start their threads
+  load_before = os.getloadavg()
+  rows, lines = (faults_main if args.faults > 0 else benchmark_main)(args, workdir)
+  date = datetime.date.today().isoformat()
+  print_markdown(rows, [f"# benchmarks/demo.py, {date}, on {rows[0].device}", *lines,
+                        f"- command: {' '.join(sys.argv)}",
+                        "- load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
+                        "{:.2f}".format(*load_before, *os.getloadavg())])
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump([{**{k: v for k, v in dataclasses.asdict(r).items() if k not in ("baseline", "ratio")},
+                  "date": date, "cpu": common.machine()} for r in rows], f, indent=1)
+
+
+def faults_main(args, workdir: str) -> tuple[list[common.Row], list[str]]:
+  from benchmarks import web_faults  # pylint: disable=g-import-not-at-top
+  from vrn_jax import inference  # pylint: disable=g-import-not-at-top
+
+  config = inference.load_config(workdir)
+  m = config.model
+  kw = {"dtype": str(m.dtype), "device": common.jax_device("CPU: " + common.machine())}
+  rows = fault_rows(workdir, args.clients, args.faults, args.seed, kw)
+  return rows, [f"- model: {m.variant} ({m.topology}, {m.features} features) of {args.workdir}",
+                f"- server flags: {' '.join(FAULT_SERVER_FLAGS)}; the mix (of 18): "
+                + ", ".join(f"{k} {n}" for k, n in web_faults.SOAK_MIX.items())]
+
+
+def benchmark_main(args, workdir: str) -> tuple[list[common.Row], list[str]]:
   from vrn_jax.web import serve  # pylint: disable=g-import-not-at-top
 
-  load_before = os.getloadavg()
   engine, description = serve.load_engine(workdir)
   if engine is None:
     sys.exit(description)
@@ -243,18 +351,8 @@ def main() -> None:
   rows = latency_rows(engine, [(ONE_MP, big)] + [(n, d) for n, d, _ in fixtures], args.latency_runs, kw)
   rows += detector_rows(engine.finder, big, kw)
   rows += load_rows(workdir, fixtures, args.clients, args.load_seconds, batch, kw)
-  date = datetime.date.today().isoformat()
-  print_markdown(rows, [
-      f"# benchmarks/demo.py, {date}, on {kw['device']}",
-      f"- model: {description}; batch size (most faces per forward pass) {batch}, dtype {dtype}",
-      f"- 1-MP photo: {big_description}", f"- fixtures: {', '.join(n for n, _, _ in fixtures)}",
-      f"- command: {' '.join(sys.argv)}",
-      "- load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-          *load_before, *os.getloadavg())])
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump([{**{k: v for k, v in dataclasses.asdict(r).items() if k not in ("baseline", "ratio")},
-                  "date": date, "cpu": common.machine()} for r in rows], f, indent=1)
+  return rows, [f"- model: {description}; batch size (most faces per forward pass) {batch}, dtype {dtype}",
+                f"- 1-MP photo: {big_description}", f"- fixtures: {', '.join(n for n, _, _ in fixtures)}"]
 
 
 if __name__ == "__main__":

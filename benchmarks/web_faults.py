@@ -40,7 +40,7 @@ from benchmarks.demo_server import rss_mib
 
 FAULTS = ("good", "fuzzed", "cut_upload", "hang_up", "cut_download", "oversized_declared",
           "oversized_chunked", "stalled")
-# The soak's mix (relative weights): a third good uploads, the rest faults; stalled clients are rare
+# The soak's mix (how many of each in 18 requests): a third good uploads, the rest faults; stalled clients are rare
 # because each holds its client thread for the server's whole --client_timeout_s.
 SOAK_MIX = {"good": 6, "fuzzed": 4, "cut_upload": 2, "hang_up": 2, "cut_download": 1,
             "oversized_declared": 1, "oversized_chunked": 1, "stalled": 1}
@@ -129,6 +129,23 @@ def read_reply(sock: socket.socket) -> tuple[int | None, bytes]:
     if not more:
       return (int(head.split(b" ", 2)[1]) if sep else None), body
     data += more
+
+
+def read_reply_slowly(sock: socket.socket, bytes_per_s: float) -> tuple[int | None, bytes]:
+  """`read_reply` by a client that takes at most `bytes_per_s` (a slow connection that keeps moving)."""
+  data, step = b"", 0.1
+  while True:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if sep:
+      length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
+                     if l.lower().startswith(b"content-length:")), 0)
+      if len(body) >= length:
+        return int(head.split(b" ", 2)[1]), body[:length]
+    more = sock.recv(max(1, int(bytes_per_s * step)))
+    if not more:
+      return (int(head.split(b" ", 2)[1]) if sep else None), body
+    data += more
+    time.sleep(step)
 
 
 def status(port: int) -> dict:
@@ -342,14 +359,17 @@ class Run:
   end: float
 
 
-def run_clients(ctx: Context, clients: int, mix: dict[str, float], seed: int = 0,
+def run_clients(ctx: Context, clients: int, mix: dict[str, int], seed: int = 0,
                 seconds: float | None = None, per_client: int | None = None,
                 pid: int | None = None) -> Run:
-  """`clients` threads, each making faults drawn from `mix` (kind -> weight) one after another, for
-  `seconds` or `per_client` faults each; the server's RSS sampled every 0.25 s when `pid` is given."""
-  kinds = list(mix)
-  weights = np.asarray([mix[k] for k in kinds], np.float64)
-  weights /= weights.sum()
+  """`clients` threads, each making faults one after another, for `seconds` or `per_client` faults
+  each; the server's RSS sampled every 0.25 s when `pid` is given.
+
+  The faults come in `mix`'s proportions (kind -> count) from one shuffled cycle of them, dealt to the
+  clients in turn: `clients * per_client >= sum(mix.values())` makes every kind at least once.
+  """
+  rng = np.random.default_rng(seed)
+  cycle = [str(k) for k in rng.permutation([k for k, n in mix.items() for _ in range(n)])]
   outcomes, samples, stop = [], [], threading.Event()
   start = time.perf_counter()
   deadline = start + seconds if seconds is not None else None
@@ -358,7 +378,7 @@ def run_clients(ctx: Context, clients: int, mix: dict[str, float], seed: int = 0
     rng = np.random.default_rng([seed, k])
     i = 0
     while (per_client is None or i < per_client) and (deadline is None or time.perf_counter() < deadline):
-      outcomes.append(run_fault(ctx, kinds[rng.choice(len(kinds), p=weights)], rng, f"c{k}r{i}"))
+      outcomes.append(run_fault(ctx, cycle[(i * clients + k) % len(cycle)], rng, f"c{k}r{i}"))
       i += 1
 
   def sample() -> None:
