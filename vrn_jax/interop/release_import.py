@@ -226,7 +226,7 @@ def import_release(weights: str, workdir: str, force: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from vrn_jax.configs import vrn as vrn_config  # pylint: disable=g-import-not-at-top
-  from vrn_jax.training import checkpoints, optimizers, steps# pylint: disable=g-import-not-at-top
+  from vrn_jax.training import checkpoints, optimizers, steps  # pylint: disable=g-import-not-at-top
   from vrn_jax.models import count_parameters  # pylint: disable=g-import-not-at-top
   from vrn_jax.interop import torch_reference  # pylint: disable=g-import-not-at-top
 
