@@ -23,6 +23,30 @@ TEX_PARA_SIZE = 40
 _BLOTCH_SEED = 1905
 
 
+@dataclasses.dataclass(frozen=True)
+class SceneMesh:
+  """A mesh drawn with the face (neck and shoulders, hair, glasses, an occluder, another head), in the
+  face's frame: 0-based image pixels, x right, y down, z toward the camera (`Pose.project`).
+
+  Attributes:
+    vertices: (N, 3) float.
+    triangles: (T, 3) int, wound counter-clockwise seen from outside (as the face model's).
+    albedo: (N, 3) in [0, 1].
+    specular: strength of a white highlight; shininess its Blinn-Phong exponent.
+    two_sided: False culls the faces turned away from the camera (closed surfaces); True draws both
+      sides (thin sheets: lenses, a hand seen edge-on).
+    name: what it is ('face', 'body', 'hair', 'glasses', 'occluder', 'other_face').
+  """
+
+  vertices: np.ndarray
+  triangles: np.ndarray
+  albedo: np.ndarray
+  specular: float = 0.0
+  shininess: float = 20.0
+  two_sided: bool = False
+  name: str = ""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Texture: per-vertex albedo placed with the landmarks of the mean face.
 

@@ -1,0 +1,50 @@
+"""What a synthetic photo holds besides the face's geometry, and which of those parts are drawn.
+
+`SceneOptions` switches each part of the scene on or off: the default draws everything; ablations (what
+each part buys the model on real photos) turn one off at a time; `SceneOptions.plain()` is the plain
+generator: one light, no shadows, procedural backgrounds, no props, no camera effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneOptions:
+  """Which parts of a synthetic scene are drawn (all on by default).
+
+  Attributes:
+    photo_backgrounds: backgrounds cut from the real photos scikit-image ships, and indoor/outdoor clutter.
+    other_faces: other heads partly in view behind the subject.
+    lighting: several coloured lights, cast shadows, skin highlights (off: one light, no shadows).
+    tone: a camera tone curve (sRGB), exposure and white balance / colour casts.
+    camera: defocus and motion blur, sensor noise, JPEG compression of the whole photo.
+    body: neck, shoulders and clothes below the head.
+    hair: a volume of hair over the skull, fringes, long hair to the shoulders.
+    glasses: spectacles sometimes.
+    occluders: a hand or an object partly in front of the face sometimes.
+    expressions: the wider expression draw (closed eyes, smiles, open mouths).
+  """
+
+  photo_backgrounds: bool = True
+  other_faces: bool = True
+  lighting: bool = True
+  tone: bool = True
+  camera: bool = True
+  body: bool = True
+  hair: bool = True
+  glasses: bool = True
+  occluders: bool = True
+  expressions: bool = True
+
+  @classmethod
+  def plain(cls) -> "SceneOptions":
+    return cls(**{f.name: False for f in dataclasses.fields(cls)})
+
+  def without(self, *names: str) -> "SceneOptions":
+    """These options with the named parts off (an ablation)."""
+    unknown = sorted(set(names) - {f.name for f in dataclasses.fields(self)})
+    if unknown:
+      raise ValueError(f"unknown scene parts {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
+    return dataclasses.replace(self, **{n: False for n in names})
