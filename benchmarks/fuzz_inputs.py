@@ -755,7 +755,7 @@ def check_volume(case: Case, directory: str) -> str:
   import contextlib  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
 
-  from vrn_jax import convert  # pylint: disable=g-import-not-at-top
+  from vrn_jax import cli, convert  # pylint: disable=g-import-not-at-top
   from vrn_jax.geometry.isosurface import volume_to_mesh  # pylint: disable=g-import-not-at-top
 
   if case.kind.startswith("mesher/"):
@@ -776,7 +776,8 @@ def check_volume(case: Case, directory: str) -> str:
 
   def run():
     with contextlib.redirect_stdout(io.StringIO()):
-      convert.main(["--volume", path, "--output", out])
+      cli.set_command_flags(convert.define_flags, ["--volume", path, "--output", out])
+      convert.main([])
     if not os.path.isfile(out) or os.path.getsize(out) == 0:
       raise FuzzFailure(f"{path}: convert returned, but wrote no mesh.")
 

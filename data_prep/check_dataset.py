@@ -2,6 +2,9 @@
 
   python -m data_prep.check_dataset [--data_dir=~/tensorflow_datasets] [--split=test] [--count=-1]
 
+Example (the first 100 test examples, once `python run_train.py` has built the synthetic dataset):
+  python -m data_prep.check_dataset --count=100
+
 For each example the procedural face is regenerated from its seed; at every visible landmark (see
 `landmark_errors`) the front-most filled voxel of the stored volume at the landmark's (x, y) is compared
 with the landmark's z. Prints the error distribution in voxels; the acceptance is every one within 3.
@@ -9,10 +12,8 @@ with the landmark's z. Prints the error distribution in voxels; the acceptance i
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
+from absl import flags
 
 from vrn_jax import cli
 from vrn_jax.data import build, examples, pipeline
@@ -31,6 +32,8 @@ MIN_NORMAL_Z = 0.3  # and faces the camera
 CONTOUR_RADIUS_PX = 0.5  # and no occluding contour lies within half a pixel of it:
 CONTOUR_TOLERANCE_PX = TOLERANCE_VOXELS * Z_SCALE  # the surface there stays this close to its plane
 _CONTOUR_GRID = 5  # samples per side of the square around the landmark (0.25 px apart)
+
+FLAGS = flags.FLAGS
 
 
 def hole_filling_surface(model, vertices: np.ndarray, compact: CompactVolume):
@@ -138,17 +141,18 @@ def landmark_errors(model, face, example) -> np.ndarray:
   return np.asarray(errors)
 
 
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where the vrn_faces dataset was built.")
+  flags.DEFINE_string("split", "test", "The synthetic split to check: train or test.")
+  flags.DEFINE_integer("count", -1, "Check the first N examples (-1: all).")
+
+
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m data_prep.check_dataset", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data_dir", default="~/tensorflow_datasets")
-  parser.add_argument("--split", default="test")
-  parser.add_argument("--count", type=int, default=-1)
-  args = parser.parse_args(argv)
-  source = pipeline.data_source(args.data_dir, "synthetic", args.split)
+  del argv
+  source = pipeline.data_source(FLAGS.data_dir, "synthetic", FLAGS.split)
   model = build_face_model()
-  seed = build.SYNTHETIC_SPLIT_SEEDS[args.split]
-  n = len(source) if args.count < 0 else min(args.count, len(source))
+  seed = build.SYNTHETIC_SPLIT_SEEDS[FLAGS.split]
+  n = len(source) if FLAGS.count < 0 else min(FLAGS.count, len(source))
   errors, worst = [], []
   for i in range(n):
     example = source[i]
@@ -169,4 +173,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_main(main))
+  cli.run_absl_command(main, define_flags, __name__, config_file=False, log_progress=False)

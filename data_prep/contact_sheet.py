@@ -2,18 +2,21 @@
 
   python -m data_prep.contact_sheet --data_dir=~/tensorflow_datasets [--config=synthetic] [--split=test]
       [--count=16] --output=docs/synthetic_examples.png [--volumes_output=docs/synthetic_volumes.png]
+
+Example (once `python run_train.py` has built the synthetic dataset):
+  python -m data_prep.contact_sheet --output=examples.png --volumes_output=volumes.png
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
+from absl import flags
 
 from vrn_jax import cli
 from vrn_jax.data import examples, pipeline
 from vrn_jax.files import write_image_rgb
+
+FLAGS = flags.FLAGS
 
 
 def draw_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -50,24 +53,27 @@ def grid(images: list[np.ndarray], columns: int) -> np.ndarray:
   return sheet
 
 
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where the vrn_faces dataset was built.")
+  flags.DEFINE_string("config", "synthetic", "The dataset's builder config: synthetic, 300w_lp or "
+                      "aflw2000_3d.")
+  flags.DEFINE_string("split", "test", "The split whose first examples are drawn.")
+  flags.DEFINE_integer("count", 16, "How many examples (four to a row).")
+  flags.DEFINE_string("output", None, "The sheet of crops with their landmarks (.png).", required=True)
+  flags.DEFINE_string("volumes_output", None, "Also the sheet of crops beside their depth-coded target "
+                      "volumes (.png).")
+
+
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m data_prep.contact_sheet", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data_dir", default="~/tensorflow_datasets")
-  parser.add_argument("--config", default="synthetic")
-  parser.add_argument("--split", default="test")
-  parser.add_argument("--count", type=int, default=16)
-  parser.add_argument("--output", required=True)
-  parser.add_argument("--volumes_output")
-  args = parser.parse_args(argv)
-  source = pipeline.data_source(args.data_dir, args.config, args.split)
-  picks = [source[i] for i in range(min(args.count, len(source)))]
-  write_image_rgb(args.output, grid([draw_landmarks(e["image"], e["landmarks"]) for e in picks], 4))
-  if args.volumes_output:
+  del argv
+  source = pipeline.data_source(FLAGS.data_dir, FLAGS.config, FLAGS.split)
+  picks = [source[i] for i in range(min(FLAGS.count, len(source)))]
+  write_image_rgb(FLAGS.output, grid([draw_landmarks(e["image"], e["landmarks"]) for e in picks], 4))
+  if FLAGS.volumes_output:
     tiles = [np.concatenate([e["image"], depth_image(examples.example_volume(e))], axis=1)
              for e in picks]
-    write_image_rgb(args.volumes_output, grid(tiles, 4))
+    write_image_rgb(FLAGS.volumes_output, grid(tiles, 4))
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_main(main))
+  cli.run_absl_command(main, define_flags, __name__, config_file=False, log_progress=False)

@@ -70,7 +70,9 @@ def _images(batch: int, seed: int = 0) -> np.ndarray:
 
 
 def _run_cli(argv, capsys):
-  rc = cli.run_main(import_release.main, [str(a) for a in argv])
+  """`python -m data_prep.import_release ARGV` in this process."""
+  cli.set_command_flags(import_release.define_flags, [str(a) for a in argv])
+  rc = cli.run_main(import_release.main, [])
   out, err = capsys.readouterr()
   return rc, out, err
 
@@ -103,7 +105,8 @@ def release(tmp_path_factory):
   torch.save(model.state_dict(), pth)
   workdir = root / "imported"
   start = time.perf_counter()
-  rc = cli.run_main(import_release.main, [f"--weights={pth}", f"--workdir={workdir}"])
+  cli.set_command_flags(import_release.define_flags, [f"--weights={pth}", f"--workdir={workdir}"])
+  rc = cli.run_main(import_release.main, [])
   print(f"\n[import .pth] CLI {time.perf_counter() - start:.1f} s")
   assert rc == 0
   start = time.perf_counter()

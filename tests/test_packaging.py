@@ -73,7 +73,7 @@ def test_installed_commands_run_from_another_directory(installed, tmp_path):
   assert r.returncode == 2
   assert f"no such config field in {target}/vrn_jax/configs/default.py; closest" in r.stderr
   for command in ("vrn-train", "vrn-eval", "vrn-demo"):
-    r = _run(target, command, "--helpshort", cwd=tmp_path)  # (absl's help exits with status 1)
+    r = _run(target, command, "--helpshort", cwd=tmp_path)  # (help exits 0, a usage error 2: cli.parse_flags)
     assert "--workdir" in r.stdout and "Traceback" not in r.stderr, (command, r.stdout, r.stderr)
   r = _run(target, "vrn-convert", "--help", cwd=tmp_path)
   assert r.returncode == 0 and "--volume" in r.stdout

@@ -1,5 +1,6 @@
 """Import the released vrn-unguided weights into a workdir that training and evaluation restore.
 
+Examples, with your copy of the PyTorch port's state dict or of the Torch7 original in this directory:
   python -m data_prep.import_release --weights=vrn_unguided.pth --workdir=workdirs/vrn_release [--force]
   python -m data_prep.import_release --weights=vrn-unguided.t7 --workdir=workdirs/vrn_release
 
@@ -30,22 +31,23 @@ moved into place at the end: an error leaves nothing behind.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+from absl import flags
 
 from vrn_jax import cli
 from vrn_jax.errors import InputError
 from vrn_jax.models.layers import BN_EPSILON
 
 LAYOUT = "the released vrn-unguided (PyTorch port)"
+
+FLAGS = flags.FLAGS
 
 
 # ------------------------------------------------------------------------------------------ .pth
@@ -276,17 +278,23 @@ def import_release(weights: str, workdir: str, force: bool = False) -> dict:
   return {"workdir": workdir, "tensors": len(paths), "parameters": count_parameters(variables["params"])}
 
 
+def define_flags() -> None:
+  flags.DEFINE_string("weights", None, "vrn_unguided.pth (PyTorch port) or vrn-unguided.t7.", required=True)
+  flags.DEFINE_string("workdir", None, "Output workdir (checkpoints/ and config.json).", required=True)
+  flags.DEFINE_bool("force", False, "Replace the workdir's existing checkpoints.")
+
+
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m data_prep.import_release", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", required=True, help="vrn_unguided.pth (PyTorch port) or vrn-unguided.t7")
-  parser.add_argument("--workdir", required=True, help="output workdir (checkpoints/ and config.json)")
-  parser.add_argument("--force", action="store_true", help="replace the workdir's existing checkpoints")
-  args = parser.parse_args(argv)
-  summary = import_release(args.weights, args.workdir, args.force)
-  print(f"{args.weights}: {summary['tensors']} tensors, {summary['parameters']:,} parameters -> "
+  del argv
+  summary = import_release(FLAGS.weights, FLAGS.workdir, FLAGS.force)
+  print(f"{FLAGS.weights}: {summary['tensors']} tensors, {summary['parameters']:,} parameters -> "
         f"{summary['workdir']}/checkpoints (step 0) and config.json (configs/vrn.py:release)")
 
 
+def console() -> None:
+  """`python -m data_prep.import_release` (and `python -m vrn_jax.interop.release_import`)."""
+  cli.run_absl_command(main, define_flags, __name__, config_file=False, log_progress=False)
+
+
 if __name__ == "__main__":
-  sys.exit(cli.run_main(main))
+  console()
