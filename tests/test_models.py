@@ -20,6 +20,7 @@ import pytest
 
 from vrn_jax import models
 from vrn_jax.models import count_parameters, get_model, release_param_paths
+from vrn_jax.models import layers
 from vrn_jax.models.layers import Residual, conv_factory, norm_factory, upsample_bilinear
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -459,6 +460,70 @@ def test_volume_logits_before_the_upsample():
   assert low.shape == (2, 48, 48, 200) and low.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(upsample_bilinear(low, 4)), np.asarray(full), rtol=1e-6,
                              atol=1e-6)
+
+
+def _bilinear_reference(x: np.ndarray, factor: int) -> np.ndarray:
+  """float64 align_corners=True bilinear upsample, written from its definition (sample i of the output
+  sits at input coordinate i * (n - 1) / (factor * n - 1)), one output pixel at a time."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, factor * h, factor * w, c))
+  for i in range(factor * h):
+    y = i * (h - 1) / (factor * h - 1)
+    y0 = min(int(np.floor(y)), h - 2)
+    for j in range(factor * w):
+      u = j * (w - 1) / (factor * w - 1)
+      x0 = min(int(np.floor(u)), w - 2)
+      fy, fx = y - y0, u - x0
+      out[:, i, j] = ((1 - fy) * (1 - fx) * x[:, y0, x0] + (1 - fy) * fx * x[:, y0, x0 + 1]
+                      + fy * (1 - fx) * x[:, y0 + 1, x0] + fy * fx * x[:, y0 + 1, x0 + 1])
+  return out
+
+
+def test_sample_bilinear_is_the_upsample_at_the_chosen_pixels():
+  """Per-example rows and columns of the x4 upsample, against a float64 reference."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 6, 5, 3))
+  rows = np.array([[0, 3, 23], [7, 7, 12]])
+  cols = np.array([[19, 0], [5, 11]])
+  got = np.asarray(layers.sample_bilinear(jnp.asarray(x, jnp.float32), jnp.asarray(rows), jnp.asarray(cols)))
+  ref = _bilinear_reference(x, 4)
+  want = np.stack([ref[b][np.ix_(rows[b], cols[b])] for b in range(2)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["vrn", "vrn_multitask", "vrn_guided"])
+def test_feature_upsampled_head_at_chosen_pixels_is_its_full_output_there(variant):
+  """head_upsample='features': the logits at volume_at's rows and columns (training's sampled loss) are
+  the full-resolution output's there; the output is not a bilinear upsample of a 48x48 grid of logits
+  (a per-pixel layer follows the interpolation), and the 'logits' head refuses volume_at."""
+  model = get_model(variant=variant, head_upsample="features", **SMALL)
+  images = _images(batch=2)
+  variables = model.init(jax.random.key(0), images[:, :64, :64])
+  # Non-trivial BatchNorm statistics: means moved, variances scaled.
+  stats = flax.traverse_util.flatten_dict(variables["batch_stats"])
+  rng = np.random.default_rng(1)
+  stats = {k: v + 0.1 * rng.normal(size=v.shape) if k[-1] == "mean" else v * rng.uniform(0.5, 2, v.shape)
+           for k, v in stats.items()}
+  variables = {**variables, "batch_stats": flax.traverse_util.unflatten_dict(stats)}
+  volume = lambda out: out["volume"] if isinstance(out, dict) else out
+  full = volume(jax.jit(lambda v, x: model.apply(v, x))(variables, images))
+  assert full.shape == (2, 192, 192, 200) and full.dtype == jnp.float32
+  rows = jnp.array([[0, 8, 16, 191], [5, 13, 21, 189]])
+  cols = jnp.array([[3, 11, 180], [0, 1, 2]])
+  at = volume(jax.jit(lambda v, x: model.apply(v, x, volume_at=(rows, cols)))(variables, images))
+  assert at.shape == (2, 4, 3, 200)
+  want = np.stack([np.asarray(full)[b][np.ix_(np.asarray(rows[b]), np.asarray(cols[b]))] for b in range(2)])
+  np.testing.assert_allclose(np.asarray(at), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  # Not an interpolation of its own 48x48 grid: between grid points the output leaves the bilinear line.
+  grid = np.asarray(full)[:, ::4, ::4][:, :47, :47]
+  midway = np.asarray(full)[:, 2::4, 2::4][:, :47, :47]
+  corners = (grid + np.roll(grid, -1, 1) + np.roll(grid, -1, 2) + np.roll(np.roll(grid, -1, 1), -1, 2))
+  # (the upsample's grid: output 4k sits at input 4k * 47 / 191, close to but not on input k)
+  assert np.max(np.abs(midway[:, :46, :46] - corners[:, :46, :46] / 4)) > 1e-2
+  if variant == "vrn":
+    with pytest.raises(ValueError, match="volume_at is for head_upsample='features'"):
+      get_model(**SMALL).apply(get_model(**SMALL).init(jax.random.key(0), images[:1, :64, :64]),
+                               images[:1], volume_at=(rows[:1], cols[:1]))
 
 
 def test_heatmap_loss():

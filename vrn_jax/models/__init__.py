@@ -23,8 +23,8 @@ from vrn_jax.models.hourglass import TOPOLOGIES, HourglassBlock, StandardLevel
 from vrn_jax.models.layers import Residual, count_parameters, upsample_bilinear
 from vrn_jax.models.losses import heatmap_loss, upsampled_volume_loss, volume_iou, volume_loss
 from vrn_jax.models.release import ParamTarget, ReleaseLevel, release_param_paths
-from vrn_jax.models.vrn import (BODY_STRIDES, OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector, VRNGuided,
-                               VRNMultitask)
+from vrn_jax.models.vrn import (BODY_STRIDES, HEAD_UPSAMPLES, OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector,
+                               VRNGuided, VRNMultitask)
 
 VARIANTS = ("vrn", "vrn_multitask", "vrn_guided")
 
@@ -50,6 +50,9 @@ def default_model_config() -> ml_collections.ConfigDict:
       num_detector_hourglasses=2,    # VRN-Guided: landmark detector stacks
       num_landmarks=68,
       volume_depth=200,
+      # what the volume head upsamples x4 to the input resolution: 'logits' (the paper's and release's
+      # head) | 'features' (a per-pixel layer at full resolution after the upsample: no 4-px terraces)
+      head_upsample="logits",
       dtype="float32",               # compute dtype: 'float32' | 'bfloat16'; parameters stay float32
       # e.g. 'batch' for synchronised (cross-replica) BatchNorm statistics; None: per-replica
       bn_axis_name=config_dict.placeholder(str),
@@ -90,12 +93,15 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
   if fields["body_stride"] != 1 and fields["variant"] != "vrn":
     raise ValueError(f"model body_stride {fields['body_stride']} is for variant 'vrn' only "
                      f"(got {fields['variant']!r}); use body_stride 1")
+  if fields["head_upsample"] not in HEAD_UPSAMPLES:
+    raise ValueError(f"model head_upsample {fields['head_upsample']!r}: expected one of {HEAD_UPSAMPLES}")
   if fields["features"] % 4:
     raise ValueError(f"model features must be divisible by 4 (the stem uses f/4 and f/2), "
                      f"got {fields['features']}")
   common = dict(features=fields["features"], depth=fields["depth"], topology=fields["topology"],
                 stem=fields["stem"],
-                volume_depth=fields["volume_depth"], dtype=_dtype(fields["dtype"]),
+                volume_depth=fields["volume_depth"], head_upsample=fields["head_upsample"],
+                dtype=_dtype(fields["dtype"]),
                 param_dtype=jnp.float32, bn_axis_name=fields["bn_axis_name"])
   variant = fields["variant"]
   if variant == "vrn":

@@ -260,6 +260,22 @@ def upsample_bilinear(x: jax.Array, factor: int = 4) -> jax.Array:
   return _lerp_axis(_lerp_axis(x, 1, h, factor * h), 2, w, factor * w)
 
 
+def sample_bilinear(x: jax.Array, rows: jax.Array, cols: jax.Array, factor: int = 4) -> jax.Array:
+  """`upsample_bilinear(x, factor)` at chosen output rows and columns only, per example.
+
+  Args:
+    x: (B, h, w, C).
+    rows: (B, R) int output rows (in [0, factor*h)) of each example.
+    cols: (B, S) int output columns (in [0, factor*w)).
+  Returns:
+    (B, R, S, C), x.dtype: out[b, i, j] = upsample_bilinear(x, factor)[b, rows[b, i], cols[b, j]].
+  """
+  _, h, w, _ = x.shape
+  my = jnp.asarray(bilinear_matrix(h, factor * h), x.dtype)[rows]  # (B, R, h)
+  mx = jnp.asarray(bilinear_matrix(w, factor * w), x.dtype)[cols]  # (B, S, w)
+  return jnp.einsum("bsw,brwc->brsc", mx, jnp.einsum("brh,bhwc->brwc", my, x))
+
+
 def count_parameters(params: Any) -> int:
   """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs from `jax.eval_shape`).
 

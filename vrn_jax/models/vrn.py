@@ -7,7 +7,12 @@ z axis (our volume layout (y, x, z)), and 68 landmark heatmaps (B, H, W, 68).
 Resolution choices. The stem quarters the resolution (192 -> 48) and the hourglasses work at 48x48 (the
 paper's stem, `Stem`; or `PatchifyStem`, cheaper on a CPU, the small default config's); the
 head regresses at 48x48 and upsamples x4 bilinearly with align_corners=True (the release). (The small
-CPU config runs VRN's hourglasses at 24x24, `VRN.body_stride`; the head stays at 48x48.) Heatmaps take
+CPU config runs VRN's hourglasses at 24x24, `VRN.body_stride`; the head stays at 48x48.) Or, with
+`head_upsample='features'` (`FeatureUpsampledHead`), the head upsamples its features instead and
+regresses every pixel at full resolution: bilinear interpolation of the logits of two neighbours whose
+surfaces lie at different depths keeps one neighbour's surface up to half way and then jumps to the
+other's (the logits along z are near steps), so a 48x48 head draws 4-pixel terraces; a per-pixel layer
+after the interpolation can move the surface smoothly between them. Heatmaps take
 the same route: regressed at 48x48, upsampled to 192x192. We chose full resolution for heatmaps because
 the paper's guidance heatmaps are sigma = 1 px Gaussians *at 192* stacked with the RGB input: at 48x48
 they would be a quarter-pixel wide, i.e. not representable, and the detector's output can be fed to the
@@ -22,12 +27,13 @@ import jax.numpy as jnp
 
 from vrn_jax.models.hourglass import HourglassBlock
 from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, conv_factory, max_pool2,
-                                   norm_factory, upsample_bilinear, upsample_nearest2)
+                                   norm_factory, sample_bilinear, upsample_bilinear, upsample_nearest2)
 
 VOLUME_DEPTH = 200
 NUM_LANDMARKS = 68
 OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool (or 4x4 patches); the head's x4 bilinear upsample
 BODY_STRIDES = (1, 2)  # VRN.body_stride: hourglasses at the stem's resolution, or at half of it
+HEAD_UPSAMPLES = ("logits", "features")  # what the volume head upsamples x4 (see the module doc)
 
 
 class Stem(nn.Module):
@@ -103,6 +109,48 @@ class UpsampledHead(nn.Module):
     return upsample_bilinear(x, OUTPUT_STRIDE) if upsample else x
 
 
+class FeatureUpsampledHead(nn.Module):
+  """conv1x1-BN-ReLU at the body's resolution, bilinear x4 of those features (align_corners=True), then
+  conv1x1-BN-ReLU and conv1x1 -> outputs per pixel at the input resolution.
+
+  (B, h, w, features) -> (B, 4h, 4w, num_outputs) float32; with `at` = (rows (B, R), cols (B, S)), the
+  outputs at those rows and columns of the full-resolution grid only, (B, R, S, num_outputs): what
+  training takes where its loss is sampled (the same values as the full output there).
+  """
+  num_outputs: int
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array, at: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    x = conv_bn_relu(x, self.features, self.conv, self.norm, name="hidden")
+    x = upsample_bilinear(x, OUTPUT_STRIDE) if at is None else sample_bilinear(x, *at, OUTPUT_STRIDE)
+    x = conv_bn_relu(x, self.features, self.conv, self.norm, name="pixel")
+    return self.conv(self.num_outputs, (1, 1), padding=0, name="out")(x).astype(jnp.float32)
+
+
+def volume_head(kind: str, x: jax.Array, depth: int, features: int, conv: ModuleDef, norm: ModuleDef,
+                name: str, upsample: bool = True,
+                at: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """The volume head `kind` ('logits': `UpsampledHead`, 'features': `FeatureUpsampledHead`) on x.
+
+  upsample=False ('logits' only): the logits before the x4; at: rows and columns of the full
+  resolution ('features' only).
+  """
+  if kind == "logits":
+    if at is not None:
+      raise ValueError("volume_at is for head_upsample='features'; the 'logits' head's loss takes its "
+                       "logits before the upsample (upsample_volume=False)")
+    return UpsampledHead(depth, features, conv, norm, name=name)(x, upsample)
+  if kind == "features":
+    if not upsample:
+      raise ValueError("upsample_volume=False is for head_upsample='logits'; the 'features' head "
+                       "evaluates chosen pixels through volume_at")
+    return FeatureUpsampledHead(depth, features, conv, norm, name=name)(x, at)
+  raise ValueError(f"head_upsample {kind!r}: expected one of {HEAD_UPSAMPLES}")
+
+
 def _check_images(images: jax.Array) -> None:
   if images.ndim != 4 or images.shape[1] % OUTPUT_STRIDE or images.shape[2] % OUTPUT_STRIDE:
     raise ValueError(f"expected (B, H, W, C) images with H and W divisible by {OUTPUT_STRIDE} "
@@ -125,6 +173,7 @@ class VRN(nn.Module):
       them at 24x24 (maxpool), then adds their nearest-upsampled output to the stem's and merges the sum
       with one residual module at 48x48 before the head. The hourglass depth must then be <= 3.
     volume_depth: output channels = z samples (200).
+    head_upsample: 'logits' (the paper's and release's head) or 'features' (`FeatureUpsampledHead`).
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
     bn_axis_name: axis name for cross-replica BatchNorm statistics, or None for per-replica ones.
   """
@@ -135,16 +184,20 @@ class VRN(nn.Module):
   stem: str = "conv7x7"
   body_stride: int = 1
   volume_depth: int = VOLUME_DEPTH
+  head_upsample: str = "logits"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False, upsample_volume: bool = True) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = False, upsample_volume: bool = True,
+               volume_at: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """(B, H, W, C) float images -> (B, H, W, volume_depth) float32 volume logits (y, x, z).
 
-    upsample_volume=False returns the logits before the head's x4 upsample, (B, H/4, W/4, volume_depth),
-    for `models.upsampled_volume_loss` (training never materialises the full-size volume).
+    upsample_volume=False (head_upsample 'logits') returns the logits before the head's x4 upsample,
+    (B, H/4, W/4, volume_depth), for `models.upsampled_volume_loss` (training never materialises the
+    full-size volume). volume_at=(rows (B, R), cols (B, S)) (head_upsample 'features') returns the
+    logits at those rows and columns only, (B, R, S, volume_depth).
     """
     _check_images(images)
     if self.body_stride not in BODY_STRIDES:
@@ -157,7 +210,8 @@ class VRN(nn.Module):
       x = x + HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=f"hourglass_{i}")(x)
     if self.body_stride == 2:
       x = Residual(self.features, conv, norm, name="merge")(stem + upsample_nearest2(x))
-    return UpsampledHead(self.volume_depth, self.features, conv, norm, name="head")(x, upsample_volume)
+    return volume_head(self.head_upsample, x, self.volume_depth, self.features, conv, norm, "head",
+                       upsample_volume, volume_at)
 
 
 class VRNMultitask(nn.Module):
@@ -173,17 +227,19 @@ class VRNMultitask(nn.Module):
   topology: str = "standard"
   stem: str = "conv7x7"
   volume_depth: int = VOLUME_DEPTH
+  head_upsample: str = "logits"
   num_landmarks: int = NUM_LANDMARKS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False,
-               upsample_volume: bool = True) -> dict[str, jax.Array]:
+  def __call__(self, images: jax.Array, train: bool = False, upsample_volume: bool = True,
+               volume_at: tuple[jax.Array, jax.Array] | None = None) -> dict[str, jax.Array]:
     """(B, H, W, C) -> {'volume': (B, H, W, 200) logits, 'heatmaps': (B, H, W, 68)}, both float32.
 
-    upsample_volume=False: the volume logits before the x4 upsample, as in `VRN`.
+    upsample_volume=False / volume_at: the volume logits before the x4 upsample / at chosen pixels, as
+    in `VRN`.
     """
     _check_images(images)
     conv = conv_factory(self.dtype, self.param_dtype)
@@ -194,8 +250,8 @@ class VRNMultitask(nn.Module):
       x = x + block(f"hourglass_{i}")(x)
     v = x + block("volume_hourglass")(x)
     h = x + block("landmark_hourglass")(x)
-    return {"volume": UpsampledHead(self.volume_depth, self.features, conv, norm,
-                                    name="volume_head")(v, upsample_volume),
+    return {"volume": volume_head(self.head_upsample, v, self.volume_depth, self.features, conv, norm,
+                                  "volume_head", upsample_volume, volume_at),
             "heatmaps": UpsampledHead(self.num_landmarks, self.features, conv, norm,
                                       name="landmark_head")(h)}
 
@@ -257,6 +313,7 @@ class VRNGuided(nn.Module):
   stem: str = "conv7x7"
   num_detector_hourglasses: int = 2
   volume_depth: int = VOLUME_DEPTH
+  head_upsample: str = "logits"
   num_landmarks: int = NUM_LANDMARKS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -264,14 +321,16 @@ class VRNGuided(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, heatmaps: jax.Array | None = None,
-               train: bool = False, upsample_volume: bool = True) -> dict[str, Any]:
+               train: bool = False, upsample_volume: bool = True,
+               volume_at: tuple[jax.Array, jax.Array] | None = None) -> dict[str, Any]:
     """Volume and landmarks from images.
 
     Args:
       images: (B, H, W, 3) float images.
       heatmaps: (B, H, W, num_landmarks) ground-truth heatmaps (training), or None to use the detector's.
       train: batch statistics (and their update) instead of running averages.
-      upsample_volume: False returns the volume logits before the x4 upsample, as in `VRN`.
+      upsample_volume, volume_at: the volume logits before the x4 upsample / at chosen pixels, as in
+        `VRN`.
     Returns:
       {'volume': (B, H, W, 200) float32 logits,
        'heatmaps': [(B, H, W, 68) float32] one per detector stack}.
@@ -287,6 +346,6 @@ class VRNGuided(nn.Module):
                        f"got {heatmaps.shape}; render them with vrn_jax.models.heatmaps.render_heatmaps")
     guided = jnp.concatenate([images.astype(jnp.float32), heatmaps.astype(jnp.float32)], axis=-1)
     volume = VRN(num_hourglasses=self.num_hourglasses, topology=self.topology,
-                 volume_depth=self.volume_depth, name="volume_net", **common)(guided, train,
-                                                                              upsample_volume)
+                 volume_depth=self.volume_depth, head_upsample=self.head_upsample, name="volume_net",
+                 **common)(guided, train, upsample_volume, volume_at)
     return {"volume": volume, "heatmaps": detected}

@@ -108,14 +108,20 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
     heatmaps = models.render_heatmaps(landmarks[..., :2])
     if variant == "vrn_guided" and train:
       kwargs["heatmaps"] = heatmaps  # ground-truth landmarks in training (the paper)
-  # Training takes the head's logits before their x4 upsample: the fused loss forms the full-size volume
-  # a few rows at a time (the paper's loss on all 192x192x200 voxels, without the volume in memory).
-  # The returned logits are then (B, 48, 48, 200); evaluation gets the upsampled volume.
-  out = model.apply(variables, images, train=train, mutable=mutable, upsample_volume=not train,
+  # Training with the 'logits' head takes its logits before their x4 upsample: the fused loss forms the
+  # full-size volume a few rows at a time (the paper's loss on all 192x192x200 voxels, without the
+  # volume in memory); the returned logits are then (B, 48, 48, 200). The 'features' head is evaluated
+  # where the targets were sampled (all of the volume at loss_stride 1). Evaluation gets the full volume.
+  fused = train and config.model.get("head_upsample", "logits") == "logits"
+  if train and not fused and offsets is not None:
+    stride = loss_stride(config)
+    grid = jnp.arange(0, images.shape[1], stride)
+    kwargs["volume_at"] = (offsets[:, :1] + grid, offsets[:, 1:] + grid)
+  out = model.apply(variables, images, train=train, mutable=mutable, upsample_volume=not fused,
                     **kwargs)
   out, new_state = out if train else (out, {})
   logits = out["volume"] if isinstance(out, dict) else out
-  if train:
+  if fused:
     stride = 1 if offsets is None else loss_stride(config)
     loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
                                         offsets=offsets)
