@@ -15,7 +15,7 @@ import numpy as np
 
 from vrn_jax.geometry.mesh import outward_triangle_normals, outward_vertex_normals, vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
-from vrn_jax.geometry.raster import rasterise
+from vrn_jax.geometry.raster import depth_buffer, rasterise
 
 # [skin lightness, redness, yellowness; lips; hair darkness; iris; blush; hair (bald below -1);
 #  22 brightness blotches; 10 redness blotches]
@@ -36,6 +36,8 @@ class SceneMesh:
     two_sided: False culls the faces turned away from the camera (closed surfaces); True draws both
       sides (thin sheets: lenses, a hand seen edge-on).
     name: what it is ('face', 'body', 'hair', 'glasses', 'occluder', 'other_face').
+    occlusion: optional (N,) ambient visibility in [0, 1] (`ambient_occlusion`): how much of the sky
+      each vertex sees; None is 1 everywhere.
   """
 
   vertices: np.ndarray
@@ -45,6 +47,7 @@ class SceneMesh:
   shininess: float = 20.0
   two_sided: bool = False
   name: str = ""
+  occlusion: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,6 +206,26 @@ def _mix(base, colour, weight):
   return base * (1 - w) + w * colour
 
 
+def _tex_para(tex_para) -> np.ndarray:
+  """(TEX_PARA_SIZE,) float64, zero-padded or truncated."""
+  t = np.zeros(TEX_PARA_SIZE)
+  p = np.asarray(tex_para, np.float64).reshape(-1)[:TEX_PARA_SIZE]
+  t[: p.size] = p
+  return t
+
+
+def skin_and_hair_colours(tex_para: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The base skin and hair albedos (3,) of `face_albedo` for these texture parameters: what a neck or
+  a volume of hair drawn with the face takes to match it."""
+  t = _tex_para(tex_para)
+  light = 1.0 / (1.0 + np.exp(-1.1 * t[0]))
+  skin = np.array([0.36, 0.22, 0.15]) + light * np.array([0.58, 0.50, 0.45])
+  skin = skin * (1 + 0.06 * t[1] * np.array([1.0, -0.5, -0.5]))
+  skin = skin * (1 + 0.04 * t[2] * np.array([0.5, 0.5, -1.0]))
+  hair = np.array([0.05, 0.04, 0.03]) + (1.0 / (1.0 + np.exp(-t[4]))) * np.array([0.35, 0.25, 0.15])
+  return skin, hair
+
+
 def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
   """(N, 3) float64 albedo in [0, 1] for each vertex of `model`.
 
@@ -217,20 +240,14 @@ def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
       skin lightness, redness, yellowness; lip colour; hair and brow darkness; iris colour; blush; hair
       (bald below -1); 22 brightness and 10 redness blotches.
   """
-  t = np.zeros(TEX_PARA_SIZE)
-  p = np.asarray(tex_para, np.float64).reshape(-1)[:TEX_PARA_SIZE]
-  t[: p.size] = p
+  t = _tex_para(tex_para)
   layers = _albedo_layers(model)
-  light = 1.0 / (1.0 + np.exp(-1.1 * t[0]))
-  skin = np.array([0.36, 0.22, 0.15]) + light * np.array([0.58, 0.50, 0.45])
-  skin = skin * (1 + 0.06 * t[1] * np.array([1.0, -0.5, -0.5]))
-  skin = skin * (1 + 0.04 * t[2] * np.array([0.5, 0.5, -1.0]))
+  skin, hair = skin_and_hair_colours(t)
   shade = 1.0 + layers.blotches[:, :22] @ t[8:30] * 0.012
   red = layers.blotches[:, 23:] @ t[30:40] * 0.012 + (0.05 + 0.03 * t[6]) * layers.blush
   albedo = skin[None] * shade[:, None] * (1 + red[:, None] * np.array([1.0, -0.6, -0.6]))
   lip_colour = skin * np.array([0.86, 0.56, 0.56]) * (1 + 0.08 * t[3] * np.array([-1.0, -1.5, -1.2]))
   albedo = _mix(albedo, lip_colour, layers.lips)
-  hair = np.array([0.05, 0.04, 0.03]) + (1.0 / (1.0 + np.exp(-t[4]))) * np.array([0.35, 0.25, 0.15])
   albedo = _mix(albedo, hair, 0.85 * layers.brows)
   if t[7] > -1.0:  # most have hair (a smooth cap of it); the others are bald
     hair_texture = hair * (1 + 0.25 * (layers.blotches[:, :3] @ [1.0, -0.7, 0.5]))[:, None]
@@ -378,3 +395,224 @@ def render_face(vertices_img: np.ndarray, triangles: np.ndarray, vertex_albedo: 
   out = background.copy()
   out[covered] = (np.clip(rgb[covered], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
   return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scenes: several meshes in one z-buffer, several lights with cast shadows.
+
+
+@dataclasses.dataclass(frozen=True)
+class Light:
+  """A directional light.
+
+  Attributes:
+    direction: (3,) toward the light in the image frame (x right, y down, z toward the camera).
+    colour: (3,) linear RGB intensity.
+    shadows: whether the scene's meshes cast shadows from this light (a shadow map).
+    penumbra_px: the shadow edge's half-width in image pixels (an area light's soft edge).
+  """
+
+  direction: np.ndarray
+  colour: np.ndarray
+  shadows: bool = True
+  penumbra_px: float = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+  """Ambient light (3,) linear RGB, scaled per vertex by the meshes' `occlusion`, plus directional
+  lights. `wrap` > 0 lets diffuse light reach past the terminator (n.l > -wrap), the soft falloff of
+  light scattered under skin and in hair that plain Lambert shading lacks."""
+
+  ambient: np.ndarray
+  lights: tuple[Light, ...] = ()
+  wrap: float = 0.0
+
+
+_SHADOW_SCALE = 0.5  # shadow-map texels per image pixel: shadows are soft anyway, and this is 4x cheaper
+_SHADOW_MAX_SIDE = 1024
+# Poisson-disc taps (unit disc) for percentage-closer filtering: a soft shadow edge, no noise.
+_PCF_TAPS = np.array([[0.0, 0.0], [0.53, 0.19], [-0.41, 0.47], [-0.27, -0.55], [0.36, -0.62],
+                      [0.95, -0.12], [-0.96, 0.05], [0.13, 0.97], [-0.68, -0.71], [0.72, 0.66],
+                      [0.08, -0.98], [-0.66, 0.74]])
+
+
+def _light_frame(direction) -> np.ndarray:
+  """(3, 3) rows u, v, w: an orthonormal frame whose w points toward the light."""
+  w = np.asarray(direction, np.float64)
+  w = w / np.linalg.norm(w)
+  helper = np.array([0.0, 1.0, 0.0]) if abs(w[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+  u = np.cross(helper, w)
+  u /= np.linalg.norm(u)
+  return np.stack([u, np.cross(w, u), w])
+
+
+def shadow_visibility(vertices: np.ndarray, triangles: np.ndarray, points: np.ndarray,
+                      normals: np.ndarray, direction, penumbra: float = 1.5,
+                      texels_per_unit: float = _SHADOW_SCALE) -> np.ndarray:
+  """(M,) fraction in [0, 1] of each point that sees a directional light past the mesh (a shadow map).
+
+  The mesh is rasterised orthographically along the light (`raster.depth_buffer`, nearest surface to the
+  light) and each point compared with the depth there, offset along its normal by a texel and with a
+  slope-scaled bias (no self-shadowing "acne" on the lit surface), over a disc of `penumbra` units
+  (percentage-closer filtering: soft edges).
+
+  Args:
+    vertices: (N, 3) the shadow casters; triangles: (T, 3), both sides cast.
+    points: (M, 3) where to test, same frame; normals: (M, 3) their unit normals.
+    direction: (3,) toward the light.
+    penumbra: the soft edge's half-width, in the points' units.
+    texels_per_unit: the shadow map's resolution.
+  """
+  frame = _light_frame(direction)
+  n = np.asarray(normals, np.float64)
+  # The map covers only the points to test (casters elsewhere cannot shadow them, and the rasteriser
+  # drops triangles outside the map cheaply): a body reaching far out of the photo costs nothing.
+  receivers = np.asarray(points, np.float64) @ frame.T
+  lo, hi = receivers[:, :2].min(axis=0), receivers[:, :2].max(axis=0)
+  extent = float(np.max(hi - lo))
+  scale = min(texels_per_unit, (_SHADOW_MAX_SIDE - 1) / max(extent, 1e-9))
+  texel = 1.0 / scale
+  radius = int(np.ceil(max(penumbra, 0.0) * scale))
+  pad = radius + 3  # taps and normal offsets never leave the map: no clipping per tap
+  cols, rows = (np.ceil((hi - lo) * scale) + 1 + 2 * pad).astype(int)
+  lv = np.asarray(vertices, np.float64) @ frame.T
+  grid = np.concatenate([(lv[:, :2] - lo) * scale + pad, lv[:, 2:]], axis=1)
+  depth = depth_buffer(grid, triangles, (rows, cols)).reshape(-1)
+  cos = np.clip(n @ frame[2], 0.05, 1.0)
+  p = receivers + texel * (n @ frame.T)
+  bias = texel * (0.5 + np.minimum(np.sqrt(1.0 - cos ** 2) / cos, 4.0))
+  ij = np.rint((p[:, :2] - lo) * scale + pad).astype(np.int64)
+  base = np.clip(ij[:, 1], 0, rows - 1) * cols + np.clip(ij[:, 0], 0, cols - 1)
+  reach = p[:, 2] + bias
+  taps = np.unique(np.rint(_PCF_TAPS * max(penumbra, 0.0) * scale).astype(np.int64), axis=0)
+  taps = taps[np.abs(taps).max(axis=1) <= radius]
+  lit = np.zeros(len(p), np.float32)
+  for dx, dy in taps:
+    lit += reach >= depth[np.clip(base + (dy * cols + dx), 0, depth.size - 1)]
+  return lit / len(taps)
+
+
+_AO_CACHE: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_AO_DIRECTIONS = 24
+
+
+def ambient_occlusion(model: MorphableModel) -> np.ndarray:
+  """(N,) how much of the sky each vertex of `model`'s mean face sees, cosine-weighted, in [0, 1]:
+  eye sockets, the sides of the nose, the mouth's corners and the neck under the chin get less ambient
+  light than the forehead. Computed once per model object (~0.2 s) from shadow maps in directions spread
+  over the sphere; it holds for every identity and expression closely enough (they move vertices by a
+  few millimetres)."""
+  hit = _AO_CACHE.get(id(model))
+  if hit is not None and hit[0]() is model:
+    return hit[1]
+  v = np.asarray(model.vertices(), np.float64)
+  tri = np.asarray(model.triangles, np.int64)
+  normals = outward_vertex_normals(v, tri)
+  units = 112.0 / float(np.ptp(v[:, 0]))  # a 112-texel wide map of the head
+  k = np.arange(_AO_DIRECTIONS) + 0.5  # a Fibonacci sphere
+  polar, azimuth = np.arccos(1 - 2 * k / _AO_DIRECTIONS), np.pi * (1 + 5 ** 0.5) * k
+  directions = np.stack([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth),
+                         np.cos(polar)], axis=1)
+  seen, total = np.zeros(len(v)), np.zeros(len(v))
+  for d in directions:
+    weight = np.maximum(normals @ d, 0.0)
+    front = weight > 0
+    vis = shadow_visibility(v * units, tri, v[front] * units, normals[front], d, penumbra=1.0,
+                            texels_per_unit=1.0)
+    seen[front] += weight[front] * vis
+    total += weight
+  occlusion = np.clip(seen / np.maximum(total, 1e-9), 0.0, 1.0)
+  if len(_AO_CACHE) >= 8:
+    _AO_CACHE.clear()
+  _AO_CACHE[id(model)] = (weakref.ref(model), occlusion)
+  return occlusion
+
+
+def render_scene(meshes: list[SceneMesh], lighting: Lighting,
+                 shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Renders several meshes together: (rgb (H, W, 3) float64 linear, mesh index (H, W) int32, -1 where
+  no mesh is).
+
+  All meshes share one z-buffer (their triangles are concatenated and rasterised once), so the nearest
+  surface of any mesh wins each pixel. A mesh that is not `two_sided` loses its triangles turned away
+  from the camera (closed surfaces and open face shells, as `render_layers`); a two-sided one keeps
+  them and is shaded on the side facing the camera. Each pixel gets albedo * (ambient * occlusion +
+  sum over lights of colour * wrapped n.l * shadow) plus, per light, a Blinn-Phong highlight of the
+  mesh's `specular` and `shininess` in the light's colour, also shadowed. Every mesh drawn casts shadows,
+  both sides of every triangle.
+  """
+  h, w = shape
+  vertices, drawn, casters, owner, normals, albedo, occlusion = [], [], [], [], [], [], []
+  caster_normals, caster_sided = [], []
+  offset = 0
+  for k, mesh in enumerate(meshes):
+    v = np.asarray(mesh.vertices, np.float64)
+    t = np.asarray(mesh.triangles, np.int64).reshape(-1, 3)
+    n_tri = outward_triangle_normals(v, t) if len(t) else np.zeros((0, 3))
+    keep = t if mesh.two_sided else t[n_tri[:, 2] > 0]
+    vertices.append(v)
+    drawn.append(keep + offset)
+    casters.append(t + offset)
+    caster_normals.append(n_tri)
+    caster_sided.append(np.full(len(t), mesh.two_sided))
+    owner.append(np.full(len(keep), k, np.int32))
+    normals.append(vertex_normals(v, t, n_tri))
+    albedo.append(np.broadcast_to(np.asarray(mesh.albedo, np.float64), (len(v), 3)))
+    occlusion.append(np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64))
+    offset += len(v)
+  rgb = np.zeros((h, w, 3))
+  index = np.full((h, w), -1, np.int32)
+  if not meshes:
+    return rgb, index
+  vertices, drawn, casters = np.concatenate(vertices), np.concatenate(drawn), np.concatenate(casters)
+  caster_normals, caster_sided = np.concatenate(caster_normals), np.concatenate(caster_sided)
+  owner, normals = np.concatenate(owner), np.concatenate(normals)
+  albedo, occlusion = np.concatenate(albedo), np.concatenate(occlusion)
+  result = rasterise(vertices, drawn, shape)
+  covered = result.triangle >= 0
+  if not covered.any():
+    return rgb, index
+  tri = result.triangle[covered]
+  who = owner[tri]
+  index[covered] = who
+  # Normals, albedo and occlusion interpolated together: one gather, one weighted sum.
+  attributes = np.concatenate([normals, albedo, occlusion[:, None]], axis=1).astype(np.float32)
+  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]],
+                     result.barycentric[covered].astype(np.float32)).astype(np.float64)
+  n = values[:, :3] / np.maximum(np.linalg.norm(values[:, :3], axis=1, keepdims=True), 1e-12)
+  two_sided = np.array([m.two_sided for m in meshes])[who]
+  n[two_sided & (n[:, 2] < 0)] *= -1.0
+  a, occ = values[:, 3:6], values[:, 6]
+  rows, cols = np.nonzero(covered)
+  points = np.stack([cols, rows, result.depth[covered]], axis=1).astype(np.float64)
+  specular = np.array([m.specular for m in meshes], np.float64)[who]
+  shininess = np.array([m.shininess for m in meshes], np.float64)[who]
+  shiny = specular > 0
+  colour = a * (np.asarray(lighting.ambient, np.float64) * occ[:, None])
+  wrap = float(lighting.wrap)
+  for light in lighting.lights:
+    l = np.asarray(light.direction, np.float64)
+    l = l / np.linalg.norm(l)
+    ndl = n @ l
+    diffuse = np.maximum((ndl + wrap) / (1.0 + wrap), 0.0)
+    if light.shadows:
+      # A closed surface's first hit from the light faces the light: its far side need not be drawn
+      # into the map (half the work); two-sided sheets cast from both sides.
+      cast = casters[caster_sided | (caster_normals @ l > 0)]
+      # Softer shadows need no finer map than about a texel per penumbra's third.
+      resolution = float(np.clip(1.5 / max(light.penumbra_px, 1e-3), 0.2, _SHADOW_SCALE))
+      visible = shadow_visibility(vertices, cast, points, n, l, light.penumbra_px, resolution)
+    else:
+      visible = np.ones(len(n))
+    light_rgb = np.asarray(light.colour, np.float64)
+    colour += (diffuse * visible)[:, None] * a * light_rgb
+    half = l + np.array([0.0, 0.0, 1.0])
+    half /= np.linalg.norm(half)
+    lit = shiny & (ndl > 0)
+    if lit.any():
+      cos_h = np.maximum(n[lit] @ half, 1e-6)
+      highlight = specular[lit] * np.exp(shininess[lit] * np.log(cos_h)) * visible[lit]
+      colour[lit] += highlight[:, None] * light_rgb
+  rgb[covered] = colour
+  return rgb, index
