@@ -6,9 +6,11 @@ barycentric weights of that point are >= -1e-9, so a centre on an edge shared by
 both and a closed surface has no cracks; depth is interpolated linearly (orthographic projection) and the
 largest depth (nearest the camera) wins.
 
-The work is vectorised over (triangle, candidate pixel centre in its bounding box) pairs. A dense face
-mesh has most triangles covering zero or one centre, and a coarse mesh rendered large has a few hundred
-per triangle; both stay a handful of array passes, in chunks that bound memory.
+The work is vectorised over (triangle, candidate pixel centre) pairs, the candidates of a triangle being
+the pixels of each of its rows around its span on that row. A dense face mesh has most triangles covering
+zero or one centre, a coarse mesh rendered large has a few hundred per triangle, and a long thin one (a
+strand of hair) costs its area rather than its bounding box; all stay a handful of array passes, in chunks
+that bound memory.
 """
 
 from __future__ import annotations
@@ -72,37 +74,70 @@ def _fragments(vertices: np.ndarray, triangles: np.ndarray,
   if ids.size == 0:
     return
   u_lo, v_lo = u_lo[ids].astype(np.int64), v_lo[ids].astype(np.int64)
-  nu = u_hi[ids].astype(np.int64) - u_lo + 1
+  u_hi = u_hi[ids].astype(np.int64)
   nv = v_hi[ids].astype(np.int64) - v_lo + 1
-  counts = nu * nv
+  # Candidates are taken row by row, within each row only around the triangle's span on it (one pixel
+  # of margin either side; the exact test below decides): a long thin triangle (a strand of hair, a
+  # sliver at a silhouette) costs its area, not its bounding box.
+  for a, b in _chunks(nv):
+    c = nv[a:b]
+    row_tid = np.repeat(ids[a:b], c)
+    row_v = np.repeat(v_lo[a:b], c) + (np.arange(int(c.sum()), dtype=np.int64)
+                                       - np.repeat(np.cumsum(c) - c, c))
+    left, right = _row_spans(x0[row_tid], y0[row_tid], x1[row_tid], y1[row_tid], x2[row_tid],
+                             y2[row_tid], row_v.astype(np.float64))
+    lo = np.maximum(np.floor(left) - 1, np.repeat(u_lo[a:b], c))
+    hi = np.minimum(np.ceil(right) + 1, np.repeat(u_hi[a:b], c))
+    with np.errstate(invalid="ignore"):  # NaN: the row misses the triangle
+      hit = hi >= lo
+    row_u = np.where(hit, lo, 0.0).astype(np.int64)
+    width = np.where(hit, hi - lo + 1, 0.0).astype(np.int64)
+    for ra, rb in _chunks(width):
+      wc = width[ra:rb]
+      tid = np.repeat(row_tid[ra:rb], wc)
+      pu = (np.repeat(row_u[ra:rb], wc) + np.arange(int(wc.sum()), dtype=np.int64)
+            - np.repeat(np.cumsum(wc) - wc, wc)).astype(np.float64)
+      pv = np.repeat(row_v[ra:rb], wc).astype(np.float64)
+      ax0, ax1, ax2 = x0[tid], x1[tid], x2[tid]
+      ay0, ay1, ay2 = y0[tid], y1[tid], y2[tid]
+      ar = area[tid]
+      # Barycentric weights of the pixel centre: edge functions relative to the centre, over the area.
+      w0 = ((ax1 - pu) * (ay2 - pv) - (ax2 - pu) * (ay1 - pv)) / ar
+      w1 = ((ax2 - pu) * (ay0 - pv) - (ax0 - pu) * (ay2 - pv)) / ar
+      w2 = 1.0 - w0 - w1
+      inside = (w0 >= _INSIDE_EPS) & (w1 >= _INSIDE_EPS) & (w2 >= _INSIDE_EPS)
+      tid, w0, w1, w2 = tid[inside], w0[inside], w1[inside], w2[inside]
+      z = w0 * z0[tid] + w1 * z1[tid] + w2 * z2[tid]
+      pixel = pv[inside].astype(np.int64) * w + pu[inside].astype(np.int64)
+      yield _Fragments(tid, pixel, w0, w1, w2, z)
+
+
+def _chunks(counts: np.ndarray) -> Iterator[tuple[int, int]]:
+  """[a, b) ranges of `counts` whose sums stay within _MAX_ROWS (an entry above it alone)."""
   ends = np.cumsum(counts)
-  # Split the kept triangles into chunks of at most _MAX_ROWS candidate rows (a single huge triangle
-  # makes a chunk of its own).
-  bounds = [0]
-  while bounds[-1] < ids.size:
-    done = ends[bounds[-1] - 1] if bounds[-1] else 0
-    nxt = int(np.searchsorted(ends, done + _MAX_ROWS, side="right"))
-    bounds.append(max(nxt, bounds[-1] + 1))
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    c = counts[a:b]
-    first = np.cumsum(c) - c
-    local = np.arange(int(c.sum()), dtype=np.int64) - np.repeat(first, c)
-    span = np.repeat(nu[a:b], c)
-    pu = (np.repeat(u_lo[a:b], c) + local % span).astype(np.float64)
-    pv = (np.repeat(v_lo[a:b], c) + local // span).astype(np.float64)
-    tid = np.repeat(ids[a:b], c)
-    ax0, ax1, ax2 = x0[tid], x1[tid], x2[tid]
-    ay0, ay1, ay2 = y0[tid], y1[tid], y2[tid]
-    ar = area[tid]
-    # Barycentric weights of the pixel centre: edge functions relative to the centre, over the area.
-    w0 = ((ax1 - pu) * (ay2 - pv) - (ax2 - pu) * (ay1 - pv)) / ar
-    w1 = ((ax2 - pu) * (ay0 - pv) - (ax0 - pu) * (ay2 - pv)) / ar
-    w2 = 1.0 - w0 - w1
-    inside = (w0 >= _INSIDE_EPS) & (w1 >= _INSIDE_EPS) & (w2 >= _INSIDE_EPS)
-    tid, w0, w1, w2 = tid[inside], w0[inside], w1[inside], w2[inside]
-    z = w0 * z0[tid] + w1 * z1[tid] + w2 * z2[tid]
-    pixel = pv[inside].astype(np.int64) * w + pu[inside].astype(np.int64)
-    yield _Fragments(tid, pixel, w0, w1, w2, z)
+  a = 0
+  while a < len(counts):
+    done = ends[a - 1] if a else 0
+    b = max(int(np.searchsorted(ends, done + _MAX_ROWS, side="right")), a + 1)
+    yield a, b
+    a = b
+
+
+def _row_spans(x0, y0, x1, y1, x2, y2, row):
+  """(left, right) x where the horizontal line y = row crosses a triangle's edges (NaN where it misses);
+  an edge lying on the line contributes both its ends."""
+  left = np.full(row.shape, np.inf)
+  right = np.full(row.shape, -np.inf)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    for xa, ya, xb, yb in ((x0, y0, x1, y1), (x1, y1, x2, y2), (x2, y2, x0, y0)):
+      crosses = (np.minimum(ya, yb) <= row) & (row <= np.maximum(ya, yb))
+      flat = ya == yb
+      x = np.where(flat, xa, xa + (row - ya) * (xb - xa) / (yb - ya))
+      left = np.where(crosses, np.minimum(left, np.where(flat, np.minimum(xa, xb), x)), left)
+      right = np.where(crosses, np.maximum(right, np.where(flat, np.maximum(xa, xb), x)), right)
+  missed = left > right
+  left[missed], right[missed] = np.nan, np.nan
+  return left, right
 
 
 def depth_buffer(vertices: np.ndarray, triangles: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
