@@ -26,7 +26,7 @@ from scipy.spatial.transform import Rotation
 from vrn_jax.faces.face_model import UNITS_PER_MM, build_face_model
 from vrn_jax.faces.render import SceneMesh
 from vrn_jax.faces.scene import SceneOptions
-from vrn_jax.geometry.mesh import outward_vertex_normals
+from vrn_jax.geometry.mesh import vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
 from vrn_jax.geometry.pose import Pose, rotation_3ddfa
 from vrn_jax.geometry.raster import depth_buffer
@@ -198,7 +198,8 @@ def _fill_gaps(radial: np.ndarray) -> np.ndarray:
 
 def _sample_points(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
   """Vertices and triangle centroids: denser than the vertices alone, for the radial bins."""
-  return np.concatenate([vertices, vertices[triangles].mean(axis=1)])
+  a, b, c = (vertices[triangles[:, i]] for i in range(3))
+  return np.concatenate([vertices, (a + b + c) / 3.0])
 
 
 @functools.lru_cache(maxsize=1)
@@ -329,6 +330,12 @@ class _Neck:
   stub_end: float | None
 
 
+@functools.lru_cache(maxsize=1)
+def _torso_profiles():
+  return tuple(PchipInterpolator(_TORSO_DOWN, v)
+               for v in (_TORSO_HALF_WIDTH, _TORSO_FRONT, _TORSO_BACK))
+
+
 def _neck(geo: HeadGeometry) -> _Neck:
   """The model's neck stub below the chin, measured; the procedural head's proportions otherwise."""
   chin_y = geo.landmarks[8, 1]
@@ -418,8 +425,7 @@ def _body(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator) -> 
   neck = _neck(geo)
   relative = _body_rotation(geo.pose, rng)
   scale = rng.uniform(0.9, 1.12)
-  widths = np.array(_TORSO_HALF_WIDTH) * rng.uniform(0.9, 1.1)
-  widths[:2] = _TORSO_HALF_WIDTH[:2]
+  broad = rng.uniform(0.9, 1.1)  # shoulders' breadth (the neck's base keeps the neck's size)
   neck_drop = rng.uniform(45.0, 70.0)  # chin to neck base
   # The neck inside the stub where both exist; well inside the jaw's outline for a face-only model.
   slim = rng.uniform(0.93, 0.98) if neck.stub_end is not None else rng.uniform(0.8, 0.88)
@@ -435,9 +441,10 @@ def _body(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator) -> 
   ys = np.concatenate([neck_rows, neck_base - torso_down * scale])
   down = np.maximum(neck_base - ys, 0.0) / scale
   k = np.clip(down, 0, _TORSO_DOWN[-1])
-  interp = [PchipInterpolator(_TORSO_DOWN, v) for v in (widths, _TORSO_FRONT, _TORSO_BACK)]
+  interp = _torso_profiles()
   fit = np.where(ys > (neck.stub_end if neck.stub_end is not None else -np.inf) + 6.0, slim, 1.01)
-  half_width = neck.half_width * interp[0](k) * np.where(down > 0, scale, fit)
+  breadth = 1.0 + (broad - 1.0) * _smoothstep(k / _TORSO_DOWN[2])
+  half_width = neck.half_width * interp[0](k) * breadth * np.where(down > 0, scale, fit)
   front = neck.front * interp[1](k) * np.where(down > 0, scale, fit)
   back = neck.back * interp[2](k) * np.where(down > 0, scale, fit)
   exponent = np.interp(k, _TORSO_DOWN, _TORSO_EXPONENT)
@@ -748,8 +755,13 @@ def _beard(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   tri = geo.triangles[np.all(weight[geo.triangles] > 0.02, axis=1)]
   if not len(tri):
     return []
+  # Normals from the triangles round the beard only, turned away from the head's centre (behind it).
+  near = geo.triangles[np.any(weight[geo.triangles] > 0.02, axis=1)]
+  normals = vertex_normals(p, near)
+  if np.sum(normals * p) < 0:
+    normals = -normals
   used, tri = _compact(len(p), tri)
-  normals = outward_vertex_normals(p, geo.triangles)[used]
+  normals = normals[used]
   offset = 0.3 + thickness * weight[used] * (1.0 + 0.25 * np.clip(noise[used], -2, 2))
   vertices = p[used] + offset[:, None] * normals
   colour = np.asarray(hair_rgb) * shade
@@ -925,12 +937,11 @@ def _splat(points_img: np.ndarray, shape) -> np.ndarray:
   return out.reshape(h, w)
 
 
-def _coarse_depths(vertices_img: np.ndarray, triangles: np.ndarray, shape):
-  """(front, back) depth of a mesh on the coarse grid: its largest and smallest z per cell."""
-  v = np.column_stack([vertices_img[:, :2] / _CELL_PX, vertices_img[:, 2]])
-  front = depth_buffer(v, triangles, shape)
-  back = -depth_buffer(v * [1.0, 1.0, -1.0], triangles, shape)
-  return front, back
+def _coarse_depth(vertices_img: np.ndarray, triangles: np.ndarray, shape, back: bool = False):
+  """A mesh's largest z per coarse cell (its front; `back`: its smallest z), -inf / inf where none."""
+  sign = -1.0 if back else 1.0
+  v = np.column_stack([vertices_img[:, :2] / _CELL_PX, sign * vertices_img[:, 2]])
+  return sign * depth_buffer(v, triangles, shape)
 
 
 def _hand(draws: np.ndarray):
@@ -1037,7 +1048,7 @@ def _occluder(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator)
   level, lo, hi = 1.0, 0.0, np.inf
   for _ in range(6):
     vertices, triangles, albedo = build(level)
-    front, _ = _coarse_depths(vertices, triangles, shape)
+    front = _coarse_depth(vertices, triangles, shape)
     share = np.count_nonzero(footprint & (front > face)) / max(np.count_nonzero(footprint), 1)
     if kind != "scarf":
       share = np.count_nonzero(footprint & np.isfinite(front)) / max(np.count_nonzero(footprint), 1)
@@ -1048,9 +1059,10 @@ def _occluder(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator)
     level = 0.5 * (lo + hi) if np.isfinite(hi) else level * 1.35
     level = float(np.clip(level, 0.6, 1.6))
   vertices, triangles, albedo = build(lo if np.isfinite(hi) and lo > 0 else level)
-  front, back = _coarse_depths(vertices, triangles, shape)
+  front = _coarse_depth(vertices, triangles, shape)
   if kind != "scarf":
     head = ndimage.grey_dilation(_splat(points_img, shape), size=3)
+    back = _coarse_depth(vertices, triangles, shape, back=True)
     over = np.isfinite(back) & np.isfinite(head)
     margin = 3.0 * geo.units_per_mm * geo.pose.scale  # 3 mm in image z units
     shift = max(0.0, float(np.max(head[over] - back[over], initial=-np.inf)) + margin)
@@ -1081,8 +1093,8 @@ def _scarf(geo: HeadGeometry, chin, mouth, level: float, thickness: float, tilt:
   for turn in range(2):
     radius = thickness * (1.0 + 0.15 * turn)
     y = front_y - 1.7 * thickness * turn - (10.0 + 15.0 * tilt) * (1.0 - np.cos(theta))
-    reach = np.max([_head_horizontal(geo, theta, y + dy) for dy in
-                    np.linspace(-radius, radius, 5)], axis=0)
+    span = np.linspace(-radius, radius, 5)[:, None]
+    reach = _head_horizontal(geo, theta[None, :], y[None, :] + span).max(axis=0)
     h = reach + radius + 1.5 + 0.6 * thickness * turn
     path = np.stack([h * np.sin(theta), y, h * np.cos(theta)], -1)
     parts.add(*_tube(path, radius, sides=sides), albedo)
