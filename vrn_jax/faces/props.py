@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial.transform import Rotation
+from skimage.measure import points_in_poly
 
 from vrn_jax.faces.face_model import UNITS_PER_MM, build_face_model
 from vrn_jax.faces.render import SceneMesh
@@ -125,6 +126,16 @@ def _tube(path: np.ndarray, radius, sides: int = 8, loop: bool = False,
                            * binormal[:, None])
   # (normal, binormal, tangent) is left-handed: the rings turn clockwise about the path.
   return _closed_grid(grid, wrap_rows=loop, first_cap=p[0], last_cap=p[-1], reverse=True)
+
+
+def _polygon_distance(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+  """(K,) distance from 2-D points to a closed polygon's outline; 0 inside it."""
+  a, b = polygon, np.roll(polygon, -1, axis=0)
+  ab = b - a
+  t = np.clip(np.einsum("kpi,pi->kp", points[:, None] - a[None], ab) / np.sum(ab * ab, axis=1), 0, 1)
+  nearest = a[None] + t[..., None] * ab[None]
+  distance = np.linalg.norm(points[:, None] - nearest, axis=2).min(axis=1)
+  return np.where(points_in_poly(points, polygon), 0.0, distance)
 
 
 def _compact(num_vertices: int, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,8 +438,7 @@ def _body(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator) -> 
   scale = rng.uniform(0.9, 1.12)
   broad = rng.uniform(0.9, 1.1)  # shoulders' breadth (the neck's base keeps the neck's size)
   neck_drop = rng.uniform(45.0, 70.0)  # chin to neck base
-  # The neck inside the stub where both exist; well inside the jaw's outline for a face-only model.
-  slim = rng.uniform(0.93, 0.98) if neck.stub_end is not None else rng.uniform(0.8, 0.88)
+  slim = rng.uniform(0.8, 0.88)
   chin_y = float(geo.landmarks[8, 1])
   neck_top = chin_y + 12.0
   neck_base = chin_y - neck_drop
@@ -442,7 +452,12 @@ def _body(geo: HeadGeometry, skin_rgb: np.ndarray, rng: np.random.Generator) -> 
   down = np.maximum(neck_base - ys, 0.0) / scale
   k = np.clip(down, 0, _TORSO_DOWN[-1])
   interp = _torso_profiles()
-  fit = np.where(ys > (neck.stub_end if neck.stub_end is not None else -np.inf) + 6.0, slim, 1.01)
+  # The neck is slimmer than the head's where it is inside it (the stub is measured at its end; the
+  # jaw's underside, face region, comes close to it higher up), and just covers the stub's end.
+  if neck.stub_end is None:
+    fit = np.full_like(ys, slim)
+  else:
+    fit = slim + (1.01 - slim) * _smoothstep((neck.stub_end + 12.0 - ys) / 16.0)
   breadth = 1.0 + (broad - 1.0) * _smoothstep(k / _TORSO_DOWN[2])
   half_width = neck.half_width * interp[0](k) * breadth * np.where(down > 0, scale, fit)
   front = neck.front * interp[1](k) * np.where(down > 0, scale, fit)
@@ -736,10 +751,12 @@ def _beard(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   lip_top, lip_bottom = lm[50:53, 1].max(), lm[56:59, 1].min()
   nose_base, chin_y = lm[31:36, 1].min(), lm[8, 1]
   ax = np.abs(x - cx)
-  # Lips (an ellipse through their outer landmarks, 2.5 mm more) stay bare.
-  lips = np.hypot(ax / (mouth_half + 2.5), (y - 0.5 * (lip_top + lip_bottom))
-                  / (0.5 * (lip_top - lip_bottom) + 2.5))
-  bare_lips = _smoothstep((lips - 1.0) / 0.15)
+  # Lips (their outer landmarks' outline, and 2.5 mm round it) stay bare; so does the mouth's corner,
+  # where the skin folds into the mouth.
+  bare_lips = _smoothstep((_polygon_distance(p[:, :2], lm[48:60, :2]) - 2.5) / 1.5)
+  corners = np.minimum(np.linalg.norm(p[:, :2] - lm[48, :2], axis=1),
+                       np.linalg.norm(p[:, :2] - lm[54, :2], axis=1))
+  bare_lips = bare_lips * _smoothstep((corners - 4.0) / 2.0)
   moustache = (_smoothstep((mouth_half + 4.0 - ax) / 4.0) * _smoothstep((nose_base - 2.5 - y) / 3.0)
                * _smoothstep((y - lip_top + 4.0) / 3.0))
   goatee = (_smoothstep((0.9 * mouth_half - ax) / 5.0) * _smoothstep((lip_bottom - 1.0 - y) / 3.0)
@@ -762,7 +779,7 @@ def _beard(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
     normals = -normals
   used, tri = _compact(len(p), tri)
   normals = normals[used]
-  offset = 0.3 + thickness * weight[used] * (1.0 + 0.25 * np.clip(noise[used], -2, 2))
+  offset = 0.6 + thickness * weight[used] * (1.0 + 0.25 * np.clip(noise[used], -2, 2))
   vertices = p[used] + offset[:, None] * normals
   colour = np.asarray(hair_rgb) * shade
   if kind == 3:  # stubble: skin darkened by the hair showing through
@@ -834,6 +851,7 @@ def _glasses(geo: HeadGeometry, rng: np.random.Generator) -> list[SceneMesh]:
   mid_x = float(lm[27, 0])
   tubes, sheets, lenses = _Parts(), _Parts(), _Parts()
   rims = []
+  rim_width = band if flat else tube
   # The lenses stop beside the nose, which widens from the bridge (27) to the wings (31, 35): their
   # lower inner corners are cut along it, 2.5 mm off.
   nose_y = [lm[[31, 35], 1].mean(), lm[27, 1]]
@@ -853,13 +871,14 @@ def _glasses(geo: HeadGeometry, rng: np.random.Generator) -> list[SceneMesh]:
     half_w = 0.5 * abs(outer - inner)
     half_h = half_w * aspect
     # Face form: each rim turns back on its outer side, following the face (the plane's z falls by
-    # `wrap` per mm outward); it clears everything within 2 mm of its outline by `gap`.
+    # `wrap` per mm outward); it clears everything within 2 mm of the frame by `gap`.
 
     def plane(xy, z0):
       return z0 - wrap * np.maximum(outward * (xy[..., 0] - centre[0]), 0.0)
 
-    inside = (_inside_superellipse(p, centre, half_w + 2.0, half_h + 2.0, exponent)
-              & (outward * (p[:, 0] - beside_nose(p[:, 1], outward)) > -2.0))
+    reach = rim_width + 2.0  # the frame's own width, and 2 mm
+    inside = (_inside_superellipse(p, centre, half_w + reach, half_h + reach, exponent)
+              & (outward * (p[:, 0] - beside_nose(p[:, 1], outward)) > -reach))
     z = float(np.max(p[inside, 2] - plane(p[inside], 0.0), initial=lm[36:48, 2].max())) + gap
     loop = _superellipse_loop(centre, half_w, half_h, exponent)
     loop[:, 0] = outward * np.maximum(outward * loop[:, 0], outward * beside_nose(loop[:, 1], outward))
@@ -882,7 +901,6 @@ def _glasses(geo: HeadGeometry, rng: np.random.Generator) -> list[SceneMesh]:
       n = len(loop)
       c = np.arange(n)
       lenses.add(v, np.stack([c, (c + 1) % n, np.full(n, n)], -1), lens)
-  rim_width = band if flat else tube
   # Bridge: inner rim edges, arched over the nose in front of it.
   (c0, w0, h0, z0, _), (c1, w1, h1, z1, _) = rims  # image left, right (lm 36-41 have x < 0)
   y_b = 0.5 * (c0[1] + c1[1]) + 0.3 * 0.5 * (h0 + h1)
