@@ -553,17 +553,53 @@ def _hairline(abs_theta_deg, brow_y: float, front_kind: int, rng: np.random.Gene
   forehead = brow_y + rng.uniform(38.0, 55.0)
   recess = rng.uniform(15.0, 30.0) if front_kind == 1 else rng.uniform(-4.0, 6.0)
   fringe = brow_y + rng.uniform(2.0, 8.0)
-  sideburn = rng.uniform(-22.0, 8.0)
+  sideburn = rng.uniform(-14.0, 10.0)
   if front_kind == 1:
     forehead += rng.uniform(8.0, 25.0)
   front = fringe if front_kind == 2 else forehead
   temple = max(front, forehead) + recess if front_kind == 1 else min(forehead - 12.0, 42.0)
   if front_kind == 2:
     temple = max(fringe + 4.0, 30.0)
-  knots = [0.0, 28.0, 42.0, 58.0, 72.0, 79.0, 82.0, 88.0, 93.0, 104.0, 116.0, 180.0]
+  knots = [0.0, 28.0, 42.0, 58.0, 72.0, 79.0, 82.0, 87.0, 92.0, 104.0, 116.0, 180.0]
   heights = [front, front + 0.4 * (temple - front), temple, 0.5 * (temple + 24.0), 24.0, 20.0,
              sideburn, sideburn, ear_y, ear_y, back_y, back_y]
   return np.interp(abs_theta_deg, knots, heights)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HairStyle:  # pylint: disable=too-many-instance-attributes
+  """One head of hair as drawn (mm, radians; (C,) arrays per azimuth column, (R, C) per grid node).
+
+  Attributes:
+    style: a key of _HAIR_STYLES.
+    hairline: (C,) its height above the eye line; ramp: over how many mm it thickens from there.
+    thickness: at the crown; front_share: the share of it over the forehead.
+    length: (C,) how far below the eye line hanging hair ends (0: it follows the head).
+    hang_from: the azimuth from which hair hangs (behind the ears).
+    curl: amplitude of curls (bushy hair), mm.
+    part: azimuth of the parting (None: combed back), part_width: its half-width, mm.
+    lean: more volume on one side (-1..1: the side away from a side parting).
+    streaks, bumps: (R, C) strand and curl noise; colour (3,), streak_amp: albedo and its streaks.
+    tie, tie_noise: a bun or ponytail's draws (style 'tied').
+  """
+
+  style: str
+  hairline: np.ndarray
+  ramp: float
+  thickness: float
+  front_share: float
+  length: np.ndarray
+  hang_from: float
+  curl: float
+  part: float | None
+  part_width: float
+  lean: float
+  streaks: np.ndarray
+  bumps: np.ndarray
+  colour: np.ndarray
+  streak_amp: float
+  tie: np.ndarray
+  tie_noise: np.ndarray
 
 
 def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
@@ -584,32 +620,31 @@ def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   if length > 0:
     back_y = -length - 40.0  # hanging hair: all of the back, down to its ends
   brow_y = float(geo.landmarks[17:27, 1].max())
-  hairline = _hairline(np.degrees(np.abs(np.linspace(-np.pi, np.pi, _HAIR_COLS, endpoint=False))),
-                       brow_y, front_kind, rng, ear_y, back_y)
+  abs_theta = np.abs(np.linspace(-180.0, 180.0, _HAIR_COLS, endpoint=False))
+  hairline = _hairline(abs_theta, brow_y, front_kind, rng, ear_y, back_y)
   hairline += 2.0 * _strand_noise(rng, (1, _HAIR_COLS), 0.1, 2.0)[0]
   ragged = _strand_noise(rng, (1, _HAIR_COLS), 0.1, 1.0)[0]  # uneven ends: fringe, hanging tips
   if front_kind == 2:
-    hairline += 2.0 * ragged * (1.0 - _smoothstep((np.abs(np.linspace(-180, 180, _HAIR_COLS,
-                                                                       endpoint=False)) - 40) / 20))
-  length = length * (1.0 + 0.07 * ragged)
+    hairline += 2.0 * ragged * (1.0 - _smoothstep((abs_theta - 40.0) / 20.0))
   front_share = rng.uniform(0.35, 0.8)  # thickness at the forehead, relative
   if front_kind == 2:
     front_share = min(front_share, 12.0 / thickness)  # a fringe is a thin layer
-  curl = rng.uniform(3.0, 8.0) if style == "bushy" else 0.0
+  curl = rng.uniform(3.0, 8.0)
   hang_from = np.deg2rad(rng.uniform(100.0, 112.0))
+  part_kind = int(rng.choice(3, p=[0.4, 0.2, 0.4]))  # combed back, middle, side parting
+  part_side = rng.choice([-1.0, 1.0])
+  part = [None, 0.0, part_side * np.deg2rad(rng.uniform(15.0, 35.0))][part_kind]
   streaks = _strand_noise(rng, (_HAIR_ROWS, _HAIR_COLS), 2.5, 0.6)
   bumps = _strand_noise(rng, (_HAIR_ROWS, _HAIR_COLS), 1.2, 1.5)
   tint = 1.0 + 0.08 * rng.normal(size=3)
-  streak_amp = rng.uniform(0.12, 0.3)
-  tie = rng.uniform(size=6)  # bun or ponytail, where, how big
-  tie_noise = rng.normal(size=(12 + 14, 12))
-
-  meshes = []
-  if has_hair:
-    colour = np.clip(np.asarray(hair_rgb, np.float64) * tint, 0.0, 1.0)
-    ramp = 3.0 if front_kind == 2 else 8.0  # a fringe ends crisply, a hairline thins out
-    meshes += _hair_shell(geo, hairline, thickness, length, front_share, curl, hang_from, streaks,
-                          bumps, colour, streak_amp, style, ramp, tie, tie_noise)
+  hair = _HairStyle(
+      style=style, hairline=hairline, ramp=3.0 if front_kind == 2 else 8.0,  # a fringe ends crisply
+      thickness=thickness, front_share=front_share, length=length * (1.0 + 0.07 * ragged),
+      hang_from=hang_from, curl=curl if style == "bushy" else 0.0, part=part,
+      part_width=rng.uniform(1.5, 3.5), lean=-part_side * rng.uniform(0.1, 0.3) * (part_kind == 2),
+      streaks=streaks, bumps=bumps, colour=np.clip(np.asarray(hair_rgb, np.float64) * tint, 0, 1),
+      streak_amp=rng.uniform(0.12, 0.3), tie=rng.uniform(size=6), tie_noise=rng.normal(size=(26, 12)))
+  meshes = _hair_shell(geo, hair) if has_hair else []
   if has_beard:
     meshes += _beard(geo, np.asarray(hair_rgb, np.float64), skin_rgb, beard_rng)
   return meshes
@@ -649,16 +684,16 @@ def _rows_at(field: np.ndarray, phi: np.ndarray) -> np.ndarray:
   return field[i, cols] * (1 - w) + field[i + 1, cols] * w
 
 
-def _hair_shell(geo, hairline, thickness, length, front_share, curl, hang_from, streaks, bumps,
-                colour, streak_amp, style, ramp, tie, tie_noise) -> list[SceneMesh]:
+def _hair_shell(geo: HeadGeometry, hair: _HairStyle) -> list[SceneMesh]:
   """One hair mesh on a sphere-like grid about the head frame's origin. Above the hairline it
   is the head (radial map) pushed out by the thickness; below, it dives most of the way to the origin,
   inside the head, so the visible hairline is where it crosses the skin. A hanging style's back
-  columns fall straight down from the head's widest section to `length` below the eye line. Each
+  columns fall straight down from the head's widest section to its length below the eye line. Each
   column's rows are spaced to put a few of them right at its hairline: a crisp edge, not the grid's
-  stairs."""
+  stairs. A parting thins it along a line from the forehead back over the crown."""
+  hairline, ramp = hair.hairline, hair.ramp
   theta = np.linspace(-np.pi, np.pi, _HAIR_COLS, endpoint=False)
-  horizontal_f, y_f, hang_f = _hair_surface(geo, theta, length, hang_from)
+  horizontal_f, y_f, hang_f = _hair_surface(geo, theta, hair.length, hair.hang_from)
   y_f = np.maximum.accumulate(y_f, axis=0)  # rising with elevation, for the look-up below
   offsets = np.array([-5.0, -2.0, 0.0, 0.3 * ramp, 0.65 * ramp, ramp])
   band = np.stack([np.interp(hairline[c] + offsets, y_f[:, c], _HAIR_FINE_PHI)
@@ -673,8 +708,18 @@ def _hair_shell(geo, hairline, thickness, length, front_share, curl, hang_from, 
   below = _smoothstep((hairline[None] - y) / 4.0)
   front = _smoothstep((np.abs(theta) - np.deg2rad(20.0)) / np.deg2rad(60.0))
   crown = 0.85 + 0.3 * np.clip(np.sin(phi), 0.0, 1.0)
-  t = thickness * (front_share + (1 - front_share) * front) * crown * (1.0 + 0.08 * streaks)
-  t = np.maximum(t + curl * bumps, 0.5) * above
+  t = (hair.thickness * (hair.front_share + (1 - hair.front_share) * front) * crown
+       * (1.0 + 0.08 * hair.streaks) * (1.0 + hair.lean * np.sin(theta)))
+  # The parting: a line on the top of the head, in front of the crown, where the hair thins.
+  parting = np.zeros_like(t)
+  if hair.part is not None:
+    across = np.angle(np.exp(1j * (theta - hair.part))) * horizontal  # mm across the line
+    parting = np.exp(-0.5 * (across / hair.part_width) ** 2) * (np.cos(theta) > 0) * (phi < 1.2)
+  # Sideburns, in front of the ears below the temples, are short hair lying flat.
+  sideburn = (np.exp(-0.5 * ((np.abs(theta) - np.deg2rad(85.0)) / np.deg2rad(7.0)) ** 2)
+              * _smoothstep((25.0 - y) / 10.0) * (1.0 - hang))
+  t = t * (1.0 - 0.8 * parting) * (1.0 - 0.75 * sideburn)
+  t = np.maximum(t + hair.curl * hair.bumps, 0.5) * above
   radial_dir = np.stack(np.broadcast_arrays(np.cos(phi) * np.sin(theta), np.sin(phi),
                                             np.cos(phi) * np.cos(theta)), -1)
   flat_dir = np.stack(np.broadcast_arrays(np.sin(theta), 0 * phi, np.cos(theta)), -1)
@@ -688,20 +733,20 @@ def _hair_shell(geo, hairline, thickness, length, front_share, curl, hang_from, 
   dived = np.concatenate([below.reshape(-1), [below[0].min(), below[-1].min()]]) > 0.999
   triangles = triangles[~np.all(dived[triangles], axis=1)]
 
-  # Strands: streaks along the flow (rows), darker at the roots by the hairline, lighter at hanging
-  # tips; curls isotropic.
-  noise = bumps if curl else streaks
-  roots = 0.78 + 0.22 * _smoothstep((y - hairline[None]) / 25.0)
+  # Strands: streaks along the flow (rows), darker at the roots by the hairline and the parting,
+  # lighter at hanging tips; curls isotropic.
+  noise = hair.bumps if hair.curl else hair.streaks
+  roots = (0.78 + 0.22 * _smoothstep((y - hairline[None]) / 25.0)) * (1.0 - 0.3 * parting)
   tips = 1.0 + 0.15 * hang * np.clip(-np.sin(phi), 0.0, 1.0)
-  albedo = colour * ((1.0 + streak_amp * noise) * roots * tips)[..., None]
+  albedo = hair.colour * ((1.0 + hair.streak_amp * noise) * roots * tips)[..., None]
   albedo = albedo.reshape(-1, 3)
   albedo = np.concatenate([albedo, albedo[:_HAIR_COLS].mean(0, keepdims=True),
                            albedo[-_HAIR_COLS:].mean(0, keepdims=True)])
   used, triangles = _compact(len(vertices), triangles)
   parts = _Parts()
   parts.add(vertices[used], triangles, albedo[used])
-  if style == "tied":
-    _tie(geo, parts, thickness, colour, streak_amp, tie, tie_noise)
+  if hair.style == "tied":
+    _tie(geo, parts, hair.thickness, hair.colour, hair.streak_amp, hair.tie, hair.tie_noise)
   return _scene_mesh(geo, parts, "hair")
 
 
