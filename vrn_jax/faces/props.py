@@ -181,6 +181,14 @@ def _reference() -> tuple[float, float]:
   return float(np.linalg.norm(lm[45] - lm[36])), float(lm[[36, 39, 42, 45], 2].mean())
 
 
+def _frame_from_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+  """(origin (3,) in model units, model units per mm) of the head frame."""
+  iod_mm, eye_depth_mm = _reference()
+  units = float(np.linalg.norm(landmarks[45] - landmarks[36])) / iod_mm
+  eyes = landmarks[[36, 39, 42, 45]].mean(axis=0)
+  return eyes - np.array([0.0, 0.0, eye_depth_mm * units]), units
+
+
 def _radial_bins(points: np.ndarray) -> np.ndarray:
   """(_MAP_ROWS, _MAP_COLS) the largest distance from the origin of the points in each direction bin
   (rows: elevation -90..90 deg, columns: azimuth -180..180 deg from +z toward +x); NaN where none."""
@@ -221,14 +229,6 @@ def _template_radial() -> np.ndarray:
   frame = _frame_from_landmarks(v[model.landmark_indices])
   points = (v - frame[0]) / frame[1]
   return _fill_gaps(_radial_bins(_sample_points(points, model.triangles)))
-
-
-def _frame_from_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
-  """(origin (3,) in model units, model units per mm) of the head frame."""
-  iod_mm, eye_depth_mm = _reference()
-  units = float(np.linalg.norm(landmarks[45] - landmarks[36])) / iod_mm
-  eyes = landmarks[[36, 39, 42, 45]].mean(axis=0)
-  return eyes - np.array([0.0, 0.0, eye_depth_mm * units]), units
 
 
 @dataclasses.dataclass(frozen=True)
