@@ -138,6 +138,37 @@ def test_builder_skips_bad_files_and_round_trips_examples(trees, tmp_path, monke
     assert -90 <= stored["yaw"] <= 90
 
 
+def test_synthetic_ablation_configs_share_seeds_and_sizes(tmp_path, monkeypatch):
+  """One config per part of the scene turned off, plus the plain generator, all registered by name; a
+  config object named like one of them builds it; the examples are the generator's for that scene."""
+  import dataclasses
+
+  from vrn_jax.datasets.vrn_faces import Builder, VrnFacesConfig, vrn_faces_dataset_builder
+  from vrn_jax.faces.scene import SceneOptions
+
+  parts = [f.name for f in dataclasses.fields(SceneOptions)]
+  names = {c.name for c in Builder.BUILDER_CONFIGS}
+  assert {"synthetic", "synthetic_plain"} | {f"synthetic_no_{p}" for p in parts} <= names
+  assert Builder.builder_configs["synthetic_no_camera"].scene == dataclasses.asdict(
+      SceneOptions().without("camera"))
+  monkeypatch.setattr(vrn_faces_dataset_builder, "_SYNTHETIC_SIZES", {"train": 2, "test": 1})
+  monkeypatch.setenv("VRN_FACES_NUM_WORKERS", "1")
+  plain = dataclasses.asdict(SceneOptions.plain())
+  builder = _build(VrnFacesConfig(name="synthetic_plain", scene=plain), tmp_path)
+  assert builder.builder_config is Builder.builder_configs["synthetic_plain"]
+  source = pipeline.data_source(str(tmp_path), "synthetic_plain", "train")
+  assert len(source) == 2
+  name, fresh = build.synthetic_example(build.SYNTHETIC_SPLIT_SEEDS["train"], 1, SceneOptions.plain())
+  stored = {str(source[i]["name"], "utf-8") if isinstance(source[i]["name"], bytes) else source[i]["name"]:
+            source[i] for i in range(2)}[name]
+  np.testing.assert_array_equal(stored["image"], fresh["image"])
+  _, full = build.synthetic_example(build.SYNTHETIC_SPLIT_SEEDS["train"], 1)
+  assert np.mean(np.abs(full["image"].astype(float) - fresh["image"])) > 5  # the photo is another
+  with pytest.raises(ValueError, match="its own name"):
+    Builder(config=VrnFacesConfig(name="synthetic_plain", scene=dataclasses.asdict(SceneOptions())),
+            data_dir=str(tmp_path))
+
+
 def test_missing_manual_dir_gives_the_instructions(tmp_path):
   with pytest.raises(Exception, match="academic licences"):
     _build("aflw2000_3d", tmp_path)

@@ -147,15 +147,16 @@ class GroundTruthSource:
 
     if self.dataset_config == "synthetic":
       from vrn_jax.faces.face_model import build_face_model  # pylint: disable=g-import-not-at-top
-      from vrn_jax.faces.synthetic import sample_face  # pylint: disable=g-import-not-at-top
+      from vrn_jax.faces.synthetic import sample_geometry  # pylint: disable=g-import-not-at-top
 
       match = self._SYNTHETIC_NAME.match(name)
       if not match:
         raise InputError(f"example {name!r}: not a synthetic example name (synthetic_<seed>_<index>); "
                          "cannot rebuild its ground-truth mesh.")
       model = build_face_model()
-      face = sample_face(model, np.random.default_rng([int(match.group(1)), int(match.group(2))]))
-      photo_hw, pose_para, shape_para, exp_para = (face.image.shape[:2], face.pose_para,
+      # The geometry alone (drawn first, whatever the scene): no photo is rendered.
+      face = sample_geometry(model, np.random.default_rng([int(match.group(1)), int(match.group(2))]))
+      photo_hw, pose_para, shape_para, exp_para = ((face.image_size, face.image_size), face.pose_para,
                                                    face.shape_para, face.exp_para)
       source = "the procedural face generator"
     else:

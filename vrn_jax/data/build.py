@@ -17,6 +17,7 @@ from absl import logging
 
 from vrn_jax.data import examples, readers
 from vrn_jax.errors import InputError
+from vrn_jax.faces.scene import SceneOptions
 
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "test": 2}
 
@@ -40,12 +41,14 @@ def _model_from(manual_dir: str | None):
   return readers.find_morphable_model(manual_dir)
 
 
-def synthetic_example(seed: int, index: int) -> tuple[str, dict]:
-  """Example `index` of the procedural set with base `seed`: deterministic, independent of the others."""
+def synthetic_example(seed: int, index: int, scene: SceneOptions = SceneOptions()) -> tuple[str, dict]:
+  """Example `index` of the procedural set with base `seed`: deterministic, independent of the others.
+  `scene`: which parts of the photo are drawn (an ablation set turns some off; the geometry, and so the
+  target, is the same whatever they are, but for `expressions`)."""
   from vrn_jax.faces.synthetic import sample_face  # pylint: disable=g-import-not-at-top
 
   model = _model_from(None)
-  face = sample_face(model, np.random.default_rng([seed, index]))
+  face = sample_face(model, np.random.default_rng([seed, index]), scene=scene)
   name = f"synthetic_{seed}_{index:06d}"
   return name, examples.make_example(face.image, model, face.pose_para, face.shape_para,
                                      face.exp_para, name)

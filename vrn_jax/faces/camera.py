@@ -16,6 +16,7 @@ sensor noise; tone curve, contrast, saturation; 8-bit; resampling; JPEG.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 
 import numpy as np
@@ -176,13 +177,20 @@ def motion_kernel(length_px: float, angle_deg: float) -> np.ndarray:
   return kernel / kernel.sum()
 
 
-def vignette(shape: tuple[int, int], strength: float) -> np.ndarray:
-  """(H, W) float32 gain: 1 at the centre, 1 - strength at the corners (a cos^4-like falloff)."""
+@functools.lru_cache(maxsize=4)
+def _radius_squared(shape: tuple[int, int]) -> np.ndarray:
+  """(H, W) float32 squared distance from the centre, 1 at the corners (read-only, cached)."""
   h, w = shape
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
   r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2)
-  k = (1.0 - strength) ** -0.5 - 1.0  # 1 / (1 + k r^2)^2 = 1 - strength at r = 1
-  return (1.0 / (1.0 + k * r2) ** 2).astype(np.float32)
+  r2.setflags(write=False)
+  return r2
+
+
+def vignette(shape: tuple[int, int], strength: float) -> np.ndarray:
+  """(H, W) float32 gain: 1 at the centre, 1 - strength at the corners (a cos^4-like falloff)."""
+  k = np.float32((1.0 - strength) ** -0.5 - 1.0)  # 1 / (1 + k r^2)^2 = 1 - strength at r = 1
+  return 1.0 / (1.0 + k * _radius_squared(tuple(shape))) ** 2
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:

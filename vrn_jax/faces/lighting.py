@@ -70,9 +70,10 @@ def sample_lighting(rng: np.random.Generator, enabled: bool,
 
   Off: the plain light (one, no shadows). On: a key light within 75 deg of the view axis, from above in
   ~75% of photos, of 2700-8000 K, with a soft shadow edge (1-6 px); a fill light from the other side in
-  ~55% (a quarter to a half as strong, softer); a rim light from behind in ~25%; ambient a tenth to a half
-  of the key, tinted by the background's mean colour (linear RGB, `background_mean`); skin specular
-  0.03-0.35 with exponent 6-60; wrapped diffuse (subsurface scattering's soft terminator).
+  ~55% (a quarter to a half as strong, softer, its shadows in a third of those); a rim light from behind
+  in ~25%; ambient a tenth to a half of the key, tinted by the background's mean colour (linear RGB,
+  `background_mean`); skin specular 0.03-0.35 with exponent 6-60; wrapped diffuse (subsurface
+  scattering's soft terminator).
   """
   if not enabled:
     return _plain(rng)
@@ -87,7 +88,8 @@ def sample_lighting(rng: np.random.Generator, enabled: bool,
   if rng.random() < 0.55:  # fill from the other side, toward the camera
     fill_dir = _direction(rng.uniform(0.3, 1.1), azimuth + np.pi + rng.uniform(-0.6, 0.6))
     fill_rgb = colour_temperature(float(np.exp(rng.uniform(np.log(2700.0), np.log(8000.0)))))
-    lights.append(Light(fill_dir, fill_rgb * rng.uniform(0.25, 0.5), shadows=True,
+    # A fill is broad and weak: its shadows are faint and soft, drawn in a third of the photos.
+    lights.append(Light(fill_dir, fill_rgb * rng.uniform(0.25, 0.5), shadows=bool(rng.random() < 0.35),
                         penumbra_px=float(rng.uniform(4.0, 10.0))))
   if rng.random() < 0.25:  # rim light from behind and to a side
     side = rng.uniform(-np.pi, np.pi)

@@ -465,10 +465,10 @@ def shadow_visibility(vertices: np.ndarray, triangles: np.ndarray, points: np.nd
     texels_per_unit: the shadow map's resolution.
   """
   frame = _light_frame(direction)
-  n = np.asarray(normals, np.float64)
+  n = np.asarray(normals, np.float32)
   # The map covers only the points to test (casters elsewhere cannot shadow them, and the rasteriser
   # drops triangles outside the map cheaply): a body reaching far out of the photo costs nothing.
-  receivers = np.asarray(points, np.float64) @ frame.T
+  receivers = np.asarray(points, np.float32) @ frame.T.astype(np.float32)
   lo, hi = receivers[:, :2].min(axis=0), receivers[:, :2].max(axis=0)
   extent = float(np.max(hi - lo))
   scale = min(texels_per_unit, (_SHADOW_MAX_SIDE - 1) / max(extent, 1e-9))
@@ -478,18 +478,19 @@ def shadow_visibility(vertices: np.ndarray, triangles: np.ndarray, points: np.nd
   cols, rows = (np.ceil((hi - lo) * scale) + 1 + 2 * pad).astype(int)
   lv = np.asarray(vertices, np.float64) @ frame.T
   grid = np.concatenate([(lv[:, :2] - lo) * scale + pad, lv[:, 2:]], axis=1)
-  depth = depth_buffer(grid, triangles, (rows, cols)).reshape(-1)
-  cos = np.clip(n @ frame[2], 0.05, 1.0)
-  p = receivers + texel * (n @ frame.T)
-  bias = texel * (0.5 + np.minimum(np.sqrt(1.0 - cos ** 2) / cos, 4.0))
-  ij = np.rint((p[:, :2] - lo) * scale + pad).astype(np.int64)
+  depth = depth_buffer(grid, triangles, (rows, cols)).reshape(-1).astype(np.float32)
+  f32 = frame.astype(np.float32)
+  cos = np.clip(n @ f32[2], 0.05, 1.0)
+  p = receivers + np.float32(texel) * (n @ f32.T)
+  bias = np.float32(texel) * (0.5 + np.minimum(np.sqrt(1.0 - cos * cos) / cos, 4.0))
+  ij = np.rint((p[:, :2] - lo.astype(np.float32)) * np.float32(scale) + pad).astype(np.int64)
   base = np.clip(ij[:, 1], 0, rows - 1) * cols + np.clip(ij[:, 0], 0, cols - 1)
   reach = p[:, 2] + bias
   taps = np.unique(np.rint(_PCF_TAPS * max(penumbra, 0.0) * scale).astype(np.int64), axis=0)
   taps = taps[np.abs(taps).max(axis=1) <= radius]
   lit = np.zeros(len(p), np.float32)
   for dx, dy in taps:
-    lit += reach >= depth[np.clip(base + (dy * cols + dx), 0, depth.size - 1)]
+    lit += reach >= depth.take(base + (dy * cols + dx), mode="clip")
   return lit / len(taps)
 
 
@@ -531,7 +532,7 @@ def ambient_occlusion(model: MorphableModel) -> np.ndarray:
 
 def render_scene(meshes: list[SceneMesh], lighting: Lighting,
                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-  """Renders several meshes together: (rgb (H, W, 3) float64 linear, mesh index (H, W) int32, -1 where
+  """Renders several meshes together: (rgb (H, W, 3) float32 linear, mesh index (H, W) int32, -1 where
   no mesh is).
 
   All meshes share one z-buffer (their triangles are concatenated and rasterised once), so the nearest
@@ -561,7 +562,7 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     albedo.append(np.broadcast_to(np.asarray(mesh.albedo, np.float64), (len(v), 3)))
     occlusion.append(np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64))
     offset += len(v)
-  rgb = np.zeros((h, w, 3))
+  rgb = np.zeros((h, w, 3), np.float32)
   index = np.full((h, w), -1, np.int32)
   if not meshes:
     return rgb, index
@@ -578,22 +579,21 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   index[covered] = who
   # Normals, albedo and occlusion interpolated together: one gather, one weighted sum.
   attributes = np.concatenate([normals, albedo, occlusion[:, None]], axis=1).astype(np.float32)
-  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]],
-                     result.barycentric[covered].astype(np.float32)).astype(np.float64)
-  n = values[:, :3] / np.maximum(np.linalg.norm(values[:, :3], axis=1, keepdims=True), 1e-12)
+  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]], result.barycentric[covered].astype(np.float32))
+  n = values[:, :3] / np.maximum(np.sqrt(np.sum(values[:, :3] ** 2, axis=1, keepdims=True)), 1e-12)
   two_sided = np.array([m.two_sided for m in meshes])[who]
   n[two_sided & (n[:, 2] < 0)] *= -1.0
   a, occ = values[:, 3:6], values[:, 6]
   rows, cols = np.nonzero(covered)
-  points = np.stack([cols, rows, result.depth[covered]], axis=1).astype(np.float64)
-  specular = np.array([m.specular for m in meshes], np.float64)[who]
-  shininess = np.array([m.shininess for m in meshes], np.float64)[who]
+  points = np.stack([cols, rows, result.depth[covered]], axis=1).astype(np.float32)
+  specular = np.array([m.specular for m in meshes], np.float32)[who]
+  shininess = np.array([m.shininess for m in meshes], np.float32)[who]
   shiny = specular > 0
-  colour = a * (np.asarray(lighting.ambient, np.float64) * occ[:, None])
-  wrap = float(lighting.wrap)
+  colour = a * (np.asarray(lighting.ambient, np.float32) * occ[:, None])
+  wrap = np.float32(lighting.wrap)
   for light in lighting.lights:
     l = np.asarray(light.direction, np.float64)
-    l = l / np.linalg.norm(l)
+    l = (l / np.linalg.norm(l)).astype(np.float32)
     ndl = n @ l
     diffuse = np.maximum((ndl + wrap) / (1.0 + wrap), 0.0)
     if light.shadows:
@@ -604,15 +604,14 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
       resolution = float(np.clip(1.5 / max(light.penumbra_px, 1e-3), 0.2, _SHADOW_SCALE))
       visible = shadow_visibility(vertices, cast, points, n, l, light.penumbra_px, resolution)
     else:
-      visible = np.ones(len(n))
-    light_rgb = np.asarray(light.colour, np.float64)
+      visible = np.ones(len(n), np.float32)
+    light_rgb = np.asarray(light.colour, np.float32)
     colour += (diffuse * visible)[:, None] * a * light_rgb
-    half = l + np.array([0.0, 0.0, 1.0])
-    half /= np.linalg.norm(half)
-    lit = shiny & (ndl > 0)
-    if lit.any():
-      cos_h = np.maximum(n[lit] @ half, 1e-6)
-      highlight = specular[lit] * np.exp(shininess[lit] * np.log(cos_h)) * visible[lit]
-      colour[lit] += highlight[:, None] * light_rgb
+    if shiny.any():
+      half = l + np.array([0.0, 0.0, 1.0], np.float32)
+      half /= np.linalg.norm(half)
+      cos_h = np.maximum(n @ half, np.float32(1e-6))
+      highlight = specular * np.exp(shininess * np.log(cos_h)) * (ndl > 0) * visible
+      colour += highlight[:, None] * light_rgb
   rgb[covered] = colour
   return rgb, index

@@ -23,11 +23,12 @@ from vrn_jax.training.steps import AXIS
 
 
 def ensure_dataset(config, name: str, split: str) -> None:
-  """Builds the synthetic vrn_faces config if it is missing and the config allows it."""
+  """Builds a synthetic vrn_faces config (synthetic, synthetic_plain, synthetic_no_<part>) if it is missing
+  and the config allows it."""
   path = pipeline.dataset_dir(config.data.data_dir, name)
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     return
-  if name != "synthetic" or not config.data.build_if_missing:
+  if not name.startswith("synthetic") or not config.data.build_if_missing:
     pipeline.data_source(config.data.data_dir, name, split)  # raises with the build command
   logging.info("Building vrn_faces/%s in %s (first run only)...", name, config.data.data_dir)
   from vrn_jax.datasets.vrn_faces import Builder  # pylint: disable=g-import-not-at-top

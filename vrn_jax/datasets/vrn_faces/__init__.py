@@ -1,3 +1,3 @@
 """The `vrn_faces` tfds dataset: image/volume examples for VRN."""
 
-from vrn_jax.datasets.vrn_faces.vrn_faces_dataset_builder import Builder
+from vrn_jax.datasets.vrn_faces.vrn_faces_dataset_builder import Builder, VrnFacesConfig
