@@ -130,20 +130,20 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator, enabled: bool) -> Camera:
-  """Off: `Camera()`. On: defocus (sigma 0-2 px, in 60%), motion blur (10%), vignetting (half), sensor
-  noise (80%), a low-resolution source (20%), JPEG at quality 30-95 (80%)."""
+  """Off: `Camera()`. On: defocus (sigma 0-2 px, in 70%), motion blur (10%), vignetting (half), sensor
+  noise (80%), a low-resolution source (30%), JPEG at quality 30-95 (80%)."""
   if not enabled:
     return Camera()
   u = rng.random(6)
   return Camera(
-      defocus_sigma=float(rng.uniform(0.0, 2.0)) if u[0] < 0.6 else 0.0,
+      defocus_sigma=float(rng.uniform(0.0, 2.0)) if u[0] < 0.7 else 0.0,
       motion_px=float(rng.uniform(3.0, 10.0)) if u[1] < 0.1 else 0.0,
       motion_deg=float(rng.uniform(0.0, 180.0)),
       vignetting=float(rng.uniform(0.1, 0.6)) if u[2] < 0.5 else 0.0,
       shot_noise=float(np.exp(rng.uniform(np.log(1e-4), np.log(2e-3)))) if u[3] < 0.8 else 0.0,
       read_noise=float(rng.uniform(0.0, 0.006)),
       chroma_noise=float(rng.uniform(0.2, 0.8)),
-      downscale=float(rng.uniform(0.3, 0.75)) if u[4] < 0.2 else 1.0,
+      downscale=float(rng.uniform(0.3, 0.75)) if u[4] < 0.3 else 1.0,
       jpeg_quality=int(rng.integers(30, 96)) if u[5] < 0.8 else None,
   )
 

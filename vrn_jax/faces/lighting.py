@@ -71,7 +71,7 @@ def sample_lighting(rng: np.random.Generator, enabled: bool,
   Off: the plain light (one, no shadows). On: a key light within 75 deg of the view axis, from above in
   ~75% of photos, of 2700-8000 K, with a soft shadow edge (1-6 px); a fill light from the other side in
   ~55% (a quarter to a half as strong, softer, its shadows in a third of those); a rim light from behind
-  in ~25%; ambient a tenth to a half of the key, tinted by the background's mean colour (linear RGB,
+  in ~25%; ambient 0.15-0.7 of the key, tinted by the background's mean colour (linear RGB,
   `background_mean`); skin specular 0.03-0.35 with exponent 6-60; wrapped diffuse (subsurface
   scattering's soft terminator).
   """
@@ -99,7 +99,7 @@ def sample_lighting(rng: np.random.Generator, enabled: bool,
   tint = np.ones(3) if background_mean is None else np.asarray(background_mean, np.float64)
   tint = tint / max(float(tint @ [0.2126, 0.7152, 0.0722]), 1e-3)
   tint = np.clip(0.6 + 0.4 * tint, 0.3, 2.0)
-  ambient = rng.uniform(0.1, 0.5) * tint
+  ambient = rng.uniform(0.15, 0.7) * tint  # from a dark room to overcast daylight
   specular = float(rng.uniform(0.03, 0.35))
   shininess = float(np.exp(rng.uniform(np.log(6.0), np.log(60.0))))
   lighting = Lighting(ambient=ambient, lights=tuple(lights), wrap=float(rng.uniform(0.1, 0.35)))

@@ -254,7 +254,8 @@ def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
     albedo = _mix(albedo, hair_texture, layers.hair)
   iris_colour = np.array([0.30, 0.17, 0.08]) + (1.0 / (1.0 + np.exp(-1.5 * t[5] + 1.0))) * np.array(
       [0.05, 0.25, 0.40])
-  eye = _mix(np.broadcast_to([0.85, 0.82, 0.78], albedo.shape), iris_colour, layers.iris)
+  # The white of the eye is greyer than it looks: the lids shade it (the mesh has no lid to cast that).
+  eye = _mix(np.broadcast_to([0.74, 0.70, 0.66], albedo.shape), iris_colour, layers.iris)
   eye = _mix(eye, np.array([0.03, 0.03, 0.03]), layers.pupil)
   albedo = _mix(albedo, eye, layers.eyes)
   albedo = _mix(albedo, np.array([0.06, 0.04, 0.035]), 0.8 * layers.lash)
