@@ -110,3 +110,49 @@ def test_flip_permutation_is_an_involution():
   assert sorted(p) == list(range(68))
   np.testing.assert_array_equal(p[p], np.arange(68))
   assert p[30] == 30 and p[36] == 45 and p[48] == 54 and p[0] == 16
+
+
+def test_photometric_augmentation_changes_the_image_only():
+  """Blur against scipy's Gaussian filter (float64, same taps), the occluder where it was drawn and
+  nowhere else, the paper's draws the same with or without the photometric ones, and the target
+  untouched."""
+  from scipy import ndimage
+
+  rng = np.random.default_rng(0)
+  img = rng.uniform(size=(192, 192, 3)).astype(np.float32)
+  params = augment.identity_params()
+  for sigma in (0.7, 1.9):
+    blurred = augment._gaussian_blur(jnp.asarray(img), jnp.float32(sigma))
+    want = np.stack([ndimage.gaussian_filter(img[..., c].astype(np.float64), sigma, mode="nearest",
+                                             truncate=4 / sigma) for c in range(3)], -1)
+    np.testing.assert_allclose(np.asarray(blurred), want, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(augment._gaussian_blur(jnp.asarray(img), jnp.float32(0))), img)
+  occluded = dict(params, occluded=jnp.bool_(True),
+                  occluder=jnp.array([10.0, 20.0, 50.0, 100.0, 0.2, 0.4, 0.6]))
+  out = np.asarray(augment.photometric(jnp.asarray(img), occluded))
+  inside = np.zeros((192, 192), bool)
+  inside[10:51, 20:101] = True
+  np.testing.assert_allclose(out[~inside], img[~inside], atol=1e-6)  # float32 rounding only
+  assert np.all(np.abs(out[inside].mean(axis=0) - [0.2, 0.4, 0.6]) < 0.02)
+  np.testing.assert_allclose(np.asarray(augment.photometric(jnp.asarray(img), params)), img, atol=1e-6)
+
+  paper = augment.AugmentConfig()
+  photo = augment.AugmentConfig(brightness=0.1, contrast_range=(0.7, 1.3), saturation_range=(0.5, 1.5),
+                                blur_sigma_px=1.5, noise_std=0.05, occlusion_probability=1.0)
+  a, b = (augment.sample_params(jax.random.key(5), c) for c in (paper, photo))
+  for name in ("angle", "shift", "scale", "flip", "colour"):
+    np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+  assert float(b["blur_sigma"]) > 0 and float(b["noise_std"]) > 0 and bool(b["occluded"])
+
+  verts, f, r = _face()
+  compact = encode_volume(verts, f, r)
+  example = {"image": jnp.asarray((img * 255).astype(np.uint8)), "volume_depth": jnp.asarray(compact.depth),
+             "volume_back": jnp.float32(compact.back), "volume_step": jnp.float32(compact.step),
+             "volume_affine": jnp.asarray(compact.affine), "landmarks": jnp.zeros((68, 3))}
+  only_photo = augment.AugmentConfig(rotation_deg=0, translation_px=0, scale_range=(1, 1),
+                                     flip_probability=0, colour_range=(1, 1), blur_sigma_px=1.5,
+                                     noise_std=0.05, occlusion_probability=1.0)
+  image, target, _ = augment.augment_example(jax.random.key(1), example, only_photo)
+  _, plain_target, _ = augment.augment_example(None, example, None, train=False)
+  np.testing.assert_array_equal(np.asarray(target), np.asarray(plain_target))
+  assert np.abs(np.asarray(image) - img).mean() > 0.01

@@ -76,6 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scale_range=(0.95, 1.05),
       flip_probability=0.2,
       colour_range=(0.8, 1.2),
+      # Photometric, image only (`augment.AugmentConfig`): 0 / (1, 1) leave the image as it is.
+      brightness=0.0,
+      contrast_range=(1.0, 1.0),
+      saturation_range=(1.0, 1.0),
+      blur_sigma_px=0.0,
+      noise_std=0.0,
+      occlusion_probability=0.0,
   ))
 
   # RMSProp as in the paper (lr 1e-4, x0.1 after 40 epochs). Torch7's optim.rmsprop defaults: alpha
@@ -134,7 +141,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "test":
     # On: the smoke config runs the on-device augmentation (the exact-resume and 1-vs-4-device tests
     # then cover its per-example keys).
-    config.augment.enabled = True
+    config.augment.update(dict(enabled=True, brightness=0.1, contrast_range=(0.7, 1.3),
+                               saturation_range=(0.5, 1.5), blur_sigma_px=1.5, noise_std=0.05,
+                               occlusion_probability=0.5))
     config.model.features = 8
     config.model.depth = 2
     config.global_batch_size = 4

@@ -34,29 +34,70 @@ FLIP_PERMUTATION = np.array(
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
+  """The paper's joint augmentation (the first five), then photometric ones that change the image only
+  (not the paper's; off by default): what separates photos from rendered crops.
+
+  Attributes:
+    rotation_deg, translation_px, scale_range, flip_probability, colour_range: the paper's.
+    brightness: an offset ~ U(-b, b) added to every channel.
+    contrast_range: contrast about the image's mean grey, ~ U(range).
+    saturation_range: saturation about each pixel's grey, ~ U(range).
+    blur_sigma_px: a Gaussian blur of sigma ~ U(0, blur_sigma_px) crop pixels (at most ~3: 9 taps).
+    noise_std: Gaussian noise of std ~ U(0, noise_std) (image in [0, 1]).
+    occlusion_probability: how often a rectangle (10-40% of the crop's side each way) of a random,
+      noisy colour covers part of the crop; the target is unchanged (the face is still there).
+  """
   rotation_deg: float = 45.0
   translation_px: float = 15.0
   scale_range: tuple[float, float] = (0.85, 1.15)
   flip_probability: float = 0.2
   colour_range: tuple[float, float] = (0.6, 1.4)
+  brightness: float = 0.0
+  contrast_range: tuple[float, float] = (1.0, 1.0)
+  saturation_range: tuple[float, float] = (1.0, 1.0)
+  blur_sigma_px: float = 0.0
+  noise_std: float = 0.0
+  occlusion_probability: float = 0.0
+
+
+_BLUR_RADIUS = 4  # taps each side: enough for sigma <= ~3 px
+_GREY = jnp.array([0.299, 0.587, 0.114])
 
 
 def sample_params(rng: jax.Array, cfg: AugmentConfig) -> dict:
-  """One example's augmentation parameters (scalars and a (3,) colour scale)."""
+  """One example's augmentation parameters (scalars, a (3,) colour scale, an occluder)."""
   k = jax.random.split(rng, 6)
+  # The photometric draws come from a key of their own, so the paper's draws are the same with or
+  # without them.
+  p = jax.random.split(jax.random.fold_in(rng, 1), 9)
+  occluder_size = jax.random.uniform(p[6], (2,), minval=0.1, maxval=0.4) * VOLUME_SHAPE[0]
+  occluder_centre = jax.random.uniform(p[7], (2,), minval=0.0, maxval=VOLUME_SHAPE[0] - 1.0)
   return {
+      "brightness": jax.random.uniform(p[0], (), minval=-cfg.brightness, maxval=cfg.brightness),
+      "contrast": jax.random.uniform(p[1], (), minval=cfg.contrast_range[0], maxval=cfg.contrast_range[1]),
+      "saturation": jax.random.uniform(p[2], (), minval=cfg.saturation_range[0],
+                                       maxval=cfg.saturation_range[1]),
+      "blur_sigma": jax.random.uniform(p[3], (), maxval=cfg.blur_sigma_px),
+      "noise_std": jax.random.uniform(p[4], (), maxval=cfg.noise_std),
+      "noise_key": jax.random.key_data(p[5]),
+      "occluder": jnp.concatenate([occluder_centre - occluder_size / 2, occluder_centre + occluder_size / 2,
+                                   jax.random.uniform(p[8], (3,))]),  # y0, x0, y1, x1, colour
+      "occluded": jax.random.bernoulli(jax.random.fold_in(p[8], 1), float(cfg.occlusion_probability)),
       "angle": jnp.deg2rad(jax.random.uniform(k[0], (), minval=-cfg.rotation_deg,
                                               maxval=cfg.rotation_deg)),
       "shift": jax.random.uniform(k[1], (2,), minval=-cfg.translation_px, maxval=cfg.translation_px),
       "scale": jax.random.uniform(k[2], (), minval=cfg.scale_range[0], maxval=cfg.scale_range[1]),
-      "flip": jax.random.bernoulli(k[3], cfg.flip_probability),
+      "flip": jax.random.bernoulli(k[3], float(cfg.flip_probability)),
       "colour": jax.random.uniform(k[4], (3,), minval=cfg.colour_range[0], maxval=cfg.colour_range[1]),
   }
 
 
 def identity_params() -> dict:
   return {"angle": jnp.float32(0), "shift": jnp.zeros(2), "scale": jnp.float32(1),
-          "flip": jnp.bool_(False), "colour": jnp.ones(3)}
+          "flip": jnp.bool_(False), "colour": jnp.ones(3), "brightness": jnp.float32(0),
+          "contrast": jnp.float32(1), "saturation": jnp.float32(1), "blur_sigma": jnp.float32(0),
+          "noise_std": jnp.float32(0), "noise_key": jax.random.key_data(jax.random.key(0)),
+          "occluder": jnp.zeros(7), "occluded": jnp.bool_(False)}
 
 
 def voxel_matrix(params: dict) -> jax.Array:
@@ -80,8 +121,41 @@ def augment_landmarks(landmarks: jax.Array, params: dict) -> jax.Array:
   return jnp.where(params["flip"], out[FLIP_PERMUTATION], out)
 
 
+def _gaussian_blur(img: jax.Array, sigma: jax.Array) -> jax.Array:
+  """(H, W, 3) blurred separably by a Gaussian of `sigma` pixels (edges repeated); sigma 0: unchanged."""
+  taps = jnp.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=jnp.float32)
+  w = jnp.where(sigma > 1e-3, jnp.exp(-0.5 * (taps / jnp.maximum(sigma, 1e-3)) ** 2), taps == 0)
+  w = w / jnp.sum(w)
+  r = _BLUR_RADIUS
+  for axis in (0, 1):
+    padded = jnp.pad(img, [(r, r) if a == axis else (0, 0) for a in range(3)], mode="edge")
+    size = img.shape[axis]
+    img = sum(w[i] * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i in range(2 * r + 1))
+  return img
+
+
+def photometric(img: jax.Array, params: dict) -> jax.Array:
+  """(H, W, 3) float32 in [0, 1] -> the same with saturation, contrast, brightness, blur, noise and
+  the occluder of `params` (image only)."""
+  grey = img @ _GREY
+  img = grey[..., None] + params["saturation"] * (img - grey[..., None])
+  img = jnp.mean(grey) + params["contrast"] * (img - jnp.mean(grey)) + params["brightness"]
+  img = _gaussian_blur(img, params["blur_sigma"])
+  key = jax.random.wrap_key_data(params["noise_key"])
+  noise = jax.random.normal(key, img.shape)
+  img = img + params["noise_std"] * noise
+  h, w = img.shape[:2]
+  y = jnp.arange(h, dtype=jnp.float32)[:, None]
+  x = jnp.arange(w, dtype=jnp.float32)[None, :]
+  o = params["occluder"]
+  inside = (y >= o[0]) & (y <= o[2]) & (x >= o[1]) & (x <= o[3]) & params["occluded"]
+  texture = o[4:7] * (1.0 + 0.15 * jnp.roll(noise, 7, axis=(0, 1)))
+  return jnp.where(inside[..., None], texture, img)
+
+
 def augment_image(image: jax.Array, params: dict) -> jax.Array:
-  """(H, W, 3) uint8 crop -> float32 in [0, 1], warped (bilinear, zero outside) and colour-scaled."""
+  """(H, W, 3) uint8 crop -> float32 in [0, 1], warped (bilinear, zero outside), colour-scaled, then
+  `photometric`."""
   inv = jnp.linalg.inv(voxel_matrix(params))
   h, w = image.shape[:2]
   y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
@@ -91,7 +165,7 @@ def augment_image(image: jax.Array, params: dict) -> jax.Array:
   warped = jnp.stack([
       jax.scipy.ndimage.map_coordinates(img[..., ch], [src_y, src_x], order=1, mode="constant",
                                         cval=0.0) for ch in range(3)], axis=-1)
-  return jnp.clip(warped * params["colour"], 0.0, 1.0)
+  return jnp.clip(photometric(warped * params["colour"], params), 0.0, 1.0)
 
 
 def decode_volume_jax(depth: jax.Array, back: jax.Array, step: jax.Array, affine: jax.Array,

@@ -9,6 +9,7 @@ CPU default: the targets are decoded only there).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -75,15 +76,22 @@ def loss_stride(config) -> int:
   return stride
 
 
+def augment_config(config) -> augment.AugmentConfig | None:
+  """config.augment as an `augment.AugmentConfig` (None when off); fields a config lacks (one saved
+  before they existed) keep AugmentConfig's defaults."""
+  if not config.augment.enabled:
+    return None
+  fields = {f.name for f in dataclasses.fields(augment.AugmentConfig)}
+  given = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.augment.items()
+           if k in fields}
+  return augment.AugmentConfig(**given)
+
+
 def _targets(config, batch, keys, train: bool):
   """(images, targets, landmarks, offsets): targets (B, 192, 192, 200), or in training with loss_stride
   s > 1 (B, 192/s, 192/s, 200), each example's rows oy + s * i and columns ox + s * j for its `offsets`
   (B, 2) (oy, ox), drawn uniformly from [0, s)^2 (None with s = 1)."""
-  cfg = augment.AugmentConfig(
-      rotation_deg=config.augment.rotation_deg, translation_px=config.augment.translation_px,
-      scale_range=tuple(config.augment.scale_range),
-      flip_probability=config.augment.flip_probability,
-      colour_range=tuple(config.augment.colour_range)) if config.augment.enabled else None
+  cfg = augment_config(config)
   stride = loss_stride(config) if train else 1
   if stride == 1:
     return (*jax.vmap(lambda k, e: augment.augment_example(k, e, cfg, train))(keys, batch), None)
