@@ -380,6 +380,16 @@ def test_photo_backgrounds_have_the_statistics_of_photos():
   assert backgrounds._photographs() is backgrounds._photographs()  # decoded once per process
 
 
+def test_photo_backgrounds_hold_no_real_faces():
+  """The astronaut photo is a held-out real-photo evaluation image and the camera photo shows a person:
+  neither may reach a training background, not even by name."""
+  photos = backgrounds._photographs()
+  assert not set(photos) & {"astronaut.png", "camera.png"}
+  assert set(photos) == set(backgrounds._PHOTOS)
+  with pytest.raises(KeyError):
+    backgrounds.photo_crop(np.random.default_rng(0), (32, 32), "astronaut.png")
+
+
 def test_other_faces_stay_behind_the_subject(model):
   """Another head, when there is one, changes only the background: the subject's pixels are the same
   with and without it (tone and camera off: nothing else mixes them), and it is in view somewhere."""
