@@ -312,8 +312,19 @@ def test_body_stride_runs_the_hourglasses_at_half_resolution():
   assert "merge" in variables["params"] and "merge" not in plain["params"]
   with pytest.raises(ValueError, match="body_stride 3"):
     get_model(body_stride=3, **SMALL)
-  with pytest.raises(ValueError, match="variant 'vrn' only"):
-    get_model(variant="vrn_multitask", body_stride=2, **SMALL)
+  with pytest.raises(ValueError, match="variants 'vrn' and 'vrn_multitask'"):
+    get_model(variant="vrn_guided", body_stride=2, **SMALL)
+  # VRN-Multitask: every hourglass at 24x24, each task's output merged with the stem's at 48x48.
+  multitask = get_model(variant="vrn_multitask", stem="patchify", body_stride=2, **SMALL)
+  mvars = multitask.init(jax.random.key(0), images[:1])
+  out, state = multitask.apply(mvars, images, upsample_volume=False, capture_intermediates=True,
+                               mutable=["intermediates"])
+  assert out["volume"].shape == (2, 48, 48, 200) and out["heatmaps"].shape == (2, 192, 192, 68)
+  inter = state["intermediates"]
+  for name in ("hourglass_0", "volume_hourglass", "landmark_hourglass"):
+    assert inter[name]["__call__"][0].shape == (2, 24, 24, SMALL["features"])
+  for name in ("volume_merge", "landmark_merge"):
+    assert inter[name]["__call__"][0].shape == (2, 48, 48, SMALL["features"])
   with pytest.raises(ValueError, match="hourglass depth is too large"):
     get_model(stem="patchify", body_stride=2, features=16, depth=4).init(jax.random.key(0), images[:1])
 

@@ -42,7 +42,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       variant="vrn",                 # 'vrn' | 'vrn_multitask' | 'vrn_guided'
       topology="standard",           # 'standard' (Newell, the paper) | 'release' (the released weights)
       stem="conv7x7",                # 'conv7x7' (the paper's and release's) | 'patchify' (cheap, CPU)
-      body_stride=1,                 # VRN: 1 (paper) hourglasses at the stem's 48x48; 2 at 24x24
+      body_stride=1,                 # VRN, VRN-Multitask: 1 (paper) hourglasses at the stem's 48x48; 2 at 24x24
       features=256,                  # residual-module width
       num_hourglasses=2,             # VRN stack; VRN-Guided's volume network
       depth=4,                       # hourglass recursion depth
@@ -90,9 +90,9 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
   if fields["body_stride"] not in BODY_STRIDES:
     raise ValueError(f"model body_stride {fields['body_stride']!r}: expected 1 (hourglasses at the stem's "
                      "resolution) or 2 (at half of it)")
-  if fields["body_stride"] != 1 and fields["variant"] != "vrn":
-    raise ValueError(f"model body_stride {fields['body_stride']} is for variant 'vrn' only "
-                     f"(got {fields['variant']!r}); use body_stride 1")
+  if fields["body_stride"] != 1 and fields["variant"] == "vrn_guided":
+    raise ValueError(f"model body_stride {fields['body_stride']} is for the variants 'vrn' and "
+                     f"'vrn_multitask' (got {fields['variant']!r}); use body_stride 1")
   if fields["head_upsample"] not in HEAD_UPSAMPLES:
     raise ValueError(f"model head_upsample {fields['head_upsample']!r}: expected one of {HEAD_UPSAMPLES}")
   if fields["features"] % 4:
@@ -108,6 +108,7 @@ def get_model(config: Mapping[str, Any] | ml_collections.ConfigDict | None = Non
     return VRN(num_hourglasses=fields["num_hourglasses"], body_stride=fields["body_stride"], **common)
   if variant == "vrn_multitask":
     return VRNMultitask(num_shared_hourglasses=fields["num_shared_hourglasses"],
+                        body_stride=fields["body_stride"],
                         num_landmarks=fields["num_landmarks"], **common)
   if variant == "vrn_guided":
     return VRNGuided(num_hourglasses=fields["num_hourglasses"],

@@ -220,12 +220,15 @@ class VRNMultitask(nn.Module):
   Attributes: as `VRN`, plus
     num_shared_hourglasses: hourglass blocks before the fork (1 in the paper).
     num_landmarks: heatmap channels (68 iBUG landmarks).
+    body_stride: as `VRN`'s; with 2, each task's hourglass output rejoins the stem's features through
+      its own merge module at 48x48 (`volume_merge`, `landmark_merge`).
   """
   features: int = 256
   num_shared_hourglasses: int = 1
   depth: int = 4
   topology: str = "standard"
   stem: str = "conv7x7"
+  body_stride: int = 1
   volume_depth: int = VOLUME_DEPTH
   head_upsample: str = "logits"
   num_landmarks: int = NUM_LANDMARKS
@@ -245,11 +248,15 @@ class VRNMultitask(nn.Module):
     conv = conv_factory(self.dtype, self.param_dtype)
     norm = norm_factory(train, self.dtype, self.param_dtype, self.bn_axis_name)
     block = lambda name: HourglassBlock(self.topology, self.depth, self.features, conv, norm, name=name)
-    x = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
+    stem = make_stem(self.stem, self.features, conv, norm)(images.astype(self.dtype))
+    x = stem if self.body_stride == 1 else max_pool2(stem)
     for i in range(self.num_shared_hourglasses):
       x = x + block(f"hourglass_{i}")(x)
     v = x + block("volume_hourglass")(x)
     h = x + block("landmark_hourglass")(x)
+    if self.body_stride == 2:
+      v = Residual(self.features, conv, norm, name="volume_merge")(stem + upsample_nearest2(v))
+      h = Residual(self.features, conv, norm, name="landmark_merge")(stem + upsample_nearest2(h))
     return {"volume": volume_head(self.head_upsample, v, self.volume_depth, self.features, conv, norm,
                                   "volume_head", upsample_volume, volume_at),
             "heatmaps": UpsampledHead(self.num_landmarks, self.features, conv, norm,
