@@ -1,6 +1,7 @@
 """Default config: a small VRN that trains on a laptop/CI CPU in minutes (`python run_train.py`).
 
-`--config=configs/default.py:test` shrinks everything to a few seconds (smoke tests). Paper-size variants:
+`--config=configs/default.py:test` shrinks everything to a few seconds (smoke tests); `:multitask` is the
+same recipe for VRN-Multitask. Paper-size variants:
 configs/vrn.py, configs/vrn_multitask.py, configs/vrn_guided.py. Any field can be overridden on the command
 line, e.g. `--config.optim.learning_rate=3e-4`.
 """
@@ -152,6 +153,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 3
     config.eval_examples = 4
     config.eval_batch_size = 4
+  elif arg == "multitask":
+    # The same CPU-sized recipe for VRN-Multitask: a shared hourglass, then one per task (the paper's
+    # three), all at 24x24; its landmark head's heatmaps give the network's own 68 landmarks.
+    config.model.variant = "vrn_multitask"
+    config.model.num_shared_hourglasses = 1
   elif arg:
-    raise ValueError(f"configs/default.py: unknown argument {arg!r}; expected nothing or 'test'.")
+    raise ValueError(f"configs/default.py: unknown argument {arg!r}; expected nothing, 'test' or "
+                     "'multitask'.")
   return config
