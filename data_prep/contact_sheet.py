@@ -9,8 +9,10 @@ Example (once `python run_train.py` has built the synthetic dataset):
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 from absl import flags
+from PIL import Image, ImageDraw
 
 from vrn_jax import cli
 from vrn_jax.data import examples, pipeline
@@ -21,8 +23,6 @@ FLAGS = flags.FLAGS
 
 def draw_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
   """The crop with its landmarks: jaw/brows/nose green, eyes cyan, mouth red."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-
   im = Image.fromarray(image)
   draw = ImageDraw.Draw(im)
   for i, (x, y) in enumerate(landmarks[:, :2]):
@@ -33,8 +33,6 @@ def draw_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 def depth_image(volume: np.ndarray) -> np.ndarray:
   """(192, 192, 200) bool -> (192, 192, 3) uint8: the front-most filled voxel, near = bright."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
   filled = volume.any(axis=2)
   front = np.where(filled, volume.shape[2] - 1 - np.argmax(volume[:, :, ::-1], axis=2), 0)
   lo, hi = (front[filled].min(), front[filled].max()) if filled.any() else (0, 1)

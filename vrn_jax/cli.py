@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging as python_logging
 import os
 import sys
@@ -39,9 +41,6 @@ def check_config_overrides(argv: list[str], default_config: str) -> None:
 
   (ml_collections would raise an AttributeError from deep inside flag parsing instead.)
   """
-  import difflib  # pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
   spec = default_config
   for a in argv:
     if a.startswith("--config="):

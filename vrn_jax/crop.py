@@ -19,7 +19,7 @@ import os
 
 from absl import flags
 
-from vrn_jax import cli
+from vrn_jax import cli, face_finder, reconstruct
 from vrn_jax.errors import InputError
 from vrn_jax.files import read_image_rgb, read_landmarks_txt, write_image_rgb, write_landmarks_txt
 from vrn_jax.geometry.crop import crop_from_box, crop_from_landmarks, crop_image
@@ -67,8 +67,6 @@ def main(argv: list[str]) -> None:
   elif FLAGS.box:
     transforms = [crop_from_box(_parse_box(FLAGS.box))]
   else:
-    from vrn_jax import face_finder, reconstruct  # pylint: disable=g-import-not-at-top  (dlib: only here)
-
     crops = reconstruct.found_face_crops(photo, face_finder.DlibFaceFinder(), FLAGS.image)
     transforms = [c.transform for c in crops]
     landmarks = [c.face.landmarks for c in crops]

@@ -42,13 +42,15 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from vrn_jax.data import examples, pipeline, readers
 from vrn_jax.errors import InputError
-
 from vrn_jax.files import atomic_output
 from vrn_jax.geometry import nme as nme_lib
 from vrn_jax.geometry.crop import CropTransform
 from vrn_jax.geometry.isosurface import ISO_LEVEL, Mesh, save_mesh, volume_to_mesh
+from vrn_jax.geometry.pose import Pose
 from vrn_jax.inference import Predictor, load_config, restore_variables
+from vrn_jax.training import loop
 
 # Fields of an example read for evaluation: what the device needs, and the host-only ones for scoring.
 EVAL_FIELDS = ("image", "volume/depth", "volume/back", "volume/step", "volume/affine", "landmarks",
@@ -126,8 +128,6 @@ class GroundTruthSource:
             f"the NME of vrn_faces/{dataset_config} needs the ground-truth 3DMM meshes, which the "
             "examples do not store: pass --manual_dir=DIR, the folder the dataset was built from "
             "(photos, .mat fits and the 3DMM).")
-      from vrn_jax.data import readers  # pylint: disable=g-import-not-at-top
-
       listing = readers.list_300w_lp if dataset_config == "300w_lp" else readers.list_aflw2000
       self._items = {item.name: item for item in listing(manual_dir)}
       self._model = readers.find_morphable_model(manual_dir)
@@ -142,10 +142,8 @@ class GroundTruthSource:
     return f"pass the --manual_dir the vrn_faces/{self.dataset_config} dataset was built from."
 
   def __call__(self, name: str, stored_transform, stored_landmarks) -> GroundTruth:
-    from vrn_jax.data import examples  # pylint: disable=g-import-not-at-top
-    from vrn_jax.geometry.pose import Pose  # pylint: disable=g-import-not-at-top
-
     if self.dataset_config == "synthetic":
+      # The procedural generator (with its renderer, props, backgrounds) loads only for a synthetic split.
       from vrn_jax.faces.face_model import build_face_model  # pylint: disable=g-import-not-at-top
       from vrn_jax.faces.synthetic import sample_geometry  # pylint: disable=g-import-not-at-top
 
@@ -160,8 +158,6 @@ class GroundTruthSource:
                                                    face.shape_para, face.exp_para)
       source = "the procedural face generator"
     else:
-      from vrn_jax.data import readers  # pylint: disable=g-import-not-at-top
-
       item = self._items.get(name)
       if item is None:
         raise InputError(f"example {name!r}: no such photo in {self.manual_dir}; pass the --manual_dir "
@@ -271,8 +267,6 @@ def write_samples_csv(path: str, rows: Sequence[dict]) -> None:
 
 
 def _read_batches(source, count: int, batch_size: int) -> Iterator[tuple[int, dict]]:
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   for start in range(0, count, batch_size):
     # One batch decoded at a time: the split never sits decoded in host memory.
     items = [pipeline.flatten_example(source[i], EVAL_FIELDS)
@@ -298,8 +292,6 @@ def evaluate_source(predictor, source, ground_truth: GroundTruthSource, out_dir:
   Returns:
     The metrics dict written to metrics.json.
   """
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   count = len(source) if num_examples < 0 else min(num_examples, len(source))
   if count == 0:
     raise InputError("no examples to evaluate (the split is empty or --num_examples=0).")
@@ -371,9 +363,6 @@ def evaluate_checkpoint(workdir: str, config=None, step: int | None = None, num_
   """Evaluates checkpoint `step` (default: latest) of `workdir` on the config's evaluation split
   (`config.data.eval_config` / `eval_split`); writes `workdir/eval/<step>/`. Returns metrics.json's dict
   plus 'step' and 'output_dir'."""
-  from vrn_jax.training import loop  # pylint: disable=g-import-not-at-top
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = load_config(workdir, config)
   variables, step = restore_variables(config, workdir, step)

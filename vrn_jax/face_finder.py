@@ -26,6 +26,7 @@ import os
 import threading
 
 import numpy as np
+from PIL import Image
 
 from vrn_jax.errors import InputError
 
@@ -86,8 +87,6 @@ def _models_dir() -> str:
 
 def _scaled(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
   """The photo scaled so that its longer side is at most `max_side`, and that factor (<= 1)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top  (Pillow is imported by every reader)
-
   h, w = photo.shape[:2]
   factor = min(1.0, max_side / max(h, w))
   if factor >= 1.0:
@@ -121,7 +120,9 @@ class DlibFaceFinder(FaceFinder):
 
   def __init__(self, detect_side: int = 640, cnn_fallback: bool = True, cnn_side: int = 400,
                min_score: float = 0.0):
-    import dlib  # pylint: disable=g-import-not-at-top  (a native library only the photo paths need)
+    # dlib only here: the FaceFinder interface, and reconstruct and the web app with another finder,
+    # import without it.
+    import dlib  # pylint: disable=g-import-not-at-top
 
     models = _models_dir()
     self._dlib = dlib

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from typing import Iterator
 
+import h5py
 import numpy as np
+import scipy.io
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vrn_jax.errors import InputError, TooLargeError
 
@@ -46,9 +50,6 @@ def decode_image_rgb(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS)
   phones write it) is applied, so the array is the photo as a viewer shows it. More than `max_pixels`
   pixels is an error raised before the pixels are decoded.
   """
-  import io  # pylint: disable=g-import-not-at-top
-  from PIL import Image, ImageOps, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-
   if not data:
     raise InputError(f"{what}: empty file; expected a JPEG or PNG photo.")
   try:
@@ -88,8 +89,6 @@ def read_image_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) 
 
 def write_image_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
   """Writes an (H, W, 3) uint8 image atomically; the format follows the extension."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
     raise ValueError(f"write_image_rgb expects (H, W, 3) uint8, got {image.shape} {image.dtype}.")
@@ -150,8 +149,6 @@ def load_mat(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such .mat file.")
-  import scipy.io  # pylint: disable=g-import-not-at-top
-
   try:
     data = scipy.io.loadmat(path)
   except NotImplementedError:  # MATLAB v7.3 files are HDF5.
@@ -168,8 +165,6 @@ def load_mat(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
 
 
 def _load_mat_hdf5(path: str) -> dict:
-  import h5py  # pylint: disable=g-import-not-at-top
-
   out = {}
   with h5py.File(path, "r") as f:
     for k, v in f.items():

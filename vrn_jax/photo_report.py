@@ -40,7 +40,9 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from vrn_jax import photo_metrics, reconstruct
+from vrn_jax.data import pipeline
 from vrn_jax.errors import InputError
+from vrn_jax.face_finder import default_face_finder
 from vrn_jax.files import atomic_output, read_image_rgb, read_landmarks_txt, write_image_rgb
 from vrn_jax.geometry.crop import CROP_SIZE, CropTransform, crop_image
 from vrn_jax.geometry.isosurface import Mesh
@@ -80,16 +82,12 @@ def write_json(path: str, data) -> None:
 
 
 def reference_cache_path(data_dir: str, dataset_config: str, split: str) -> str:
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   return os.path.join(pipeline.dataset_dir(data_dir, dataset_config),
                       f"photo_metrics_reference_{split}.json")
 
 
 def _fingerprint(data_dir: str, dataset_config: str, split: str) -> str:
   """Which build of the dataset (its dataset_info.json), split and reference definition."""
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   info = os.path.join(pipeline.dataset_dir(data_dir, dataset_config), "dataset_info.json")
   digest = hashlib.sha256()
   with open(info, "rb") as f:
@@ -128,8 +126,6 @@ def dataset_reference(data_dir: str, dataset_config: str, split: str, threads: i
   """The ground-truth reference of a built `vrn_faces` split, from its cache beside the dataset when
   that matches the build, else computed from every example of the split (and cached, where the
   dataset's folder is writable). Returns (reference, where it was read or written)."""
-  from vrn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   source = pipeline.data_source(data_dir, dataset_config, split)  # an InputError naming a missing build
   path = reference_cache_path(data_dir, dataset_config, split)
   fingerprint = _fingerprint(data_dir, dataset_config, split)
@@ -404,8 +400,6 @@ def score_reconstructions(predictor, results: Sequence[reconstruct.PhotoResult],
 
   def finder_fn():
     if finder_box[0] is None:
-      from vrn_jax.face_finder import default_face_finder  # pylint: disable=g-import-not-at-top
-
       finder_box[0] = default_face_finder()
     return finder_box[0]
 
@@ -491,7 +485,8 @@ def reconstruct_and_score(workdir: str, images: str, output_dir: str, config=Non
                           finder=None) -> tuple[dict, list[reconstruct.PhotoResult]]:
   """`reconstruct.reconstruct_checkpoint`, then the photo metrics: writes OUT/photo_metrics.json and
   OUT/contact_sheet.png; returns (the report written to the JSON, the reconstruction results)."""
-  from vrn_jax import inference  # pylint: disable=g-import-not-at-top  (JAX starts only once inputs are checked)
+  # JAX loads here, once the inputs are checked: run_eval imports this module at start-up.
+  from vrn_jax import inference  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   paths = reconstruct.find_images(images)

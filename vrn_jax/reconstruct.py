@@ -30,7 +30,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from vrn_jax.faces import render
-from vrn_jax.face_finder import Face, FaceFinder, NoFaceError
+from vrn_jax.face_finder import DlibFaceFinder, Face, FaceFinder, NoFaceError
 from vrn_jax.errors import InputError
 from vrn_jax.files import atomic_output, read_image_rgb, read_landmarks_txt, write_image_rgb
 from vrn_jax.geometry.crop import (CROP_SIZE, CropTransform, crop_centre, crop_from_box,
@@ -326,8 +326,6 @@ def reconstruct_photos(predictor, paths: Sequence[str], output_dir: str, crop: s
   if crop == "guided" and not predictor.has_detector:
     raise InputError("--crop=guided needs a VRN-Guided checkpoint (its landmark network).")
   if crop in ("auto", "find") and finder is None:
-    from vrn_jax.face_finder import DlibFaceFinder  # pylint: disable=g-import-not-at-top  (loads dlib's models: only when needed)
-
     finder = DlibFaceFinder()
   os.makedirs(output_dir, exist_ok=True)
   threads = host_threads or min(4, os.cpu_count() or 1)
@@ -425,7 +423,8 @@ def reconstruct_checkpoint(workdir: str, images: str, output_dir: str, config=No
                            mesh_formats: Sequence[str] = DEFAULT_MESH_FORMATS,
                            progress: bool = True) -> list[PhotoResult]:
   """`reconstruct_photos` with checkpoint `step` (default: latest) of `workdir`."""
-  from vrn_jax import inference  # pylint: disable=g-import-not-at-top  (JAX starts only once inputs are checked)
+  # JAX loads here, once the inputs are checked: the web app and run_eval import this module at start-up.
+  from vrn_jax import inference  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   paths = find_images(images)

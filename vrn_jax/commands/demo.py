@@ -7,8 +7,6 @@ the camera, reconstructs each with the checkpoint of --workdir, shows it in a 3D
 GLB/PLY/OBJ downloads. Everything runs on this computer; the page loads nothing from the internet.
 """
 
-import sys
-
 from vrn_jax import host_memory
 
 host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see vrn_jax/host_memory.py)
@@ -41,7 +39,8 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from vrn_jax.web import serve
+  # FastAPI and uvicorn are the [demo] extra: --help works without them.
+  from vrn_jax.web import serve  # pylint: disable=g-import-not-at-top
 
   serve.run(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.host, FLAGS.port, FLAGS.batch_size,
             FLAGS.max_wait_ms / 1000, int(FLAGS.max_upload_mb * 2**20),

@@ -26,9 +26,7 @@ host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from vrn_jax import cli
-
-from vrn_jax import errors
+from vrn_jax import cli, errors, photo_report, reconstruct
 
 FLAGS = flags.FLAGS
 
@@ -70,6 +68,7 @@ def define_flags() -> None:
 
 
 def _evaluate():
+  # JAX and TensorFlow load here, after the flags are checked: --help and a bad flag answer at once.
   from vrn_jax import evaluate  # pylint: disable=g-import-not-at-top
 
   m = evaluate.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, FLAGS.step, FLAGS.num_examples,
@@ -91,14 +90,10 @@ def _evaluate():
 
 
 def _reconstruct() -> int:
-  from vrn_jax import reconstruct  # pylint: disable=g-import-not-at-top
-
   if not FLAGS.output_dir:
     raise errors.InputError("--images needs --output_dir=DIR for the reconstructions.")
   report = None
   if FLAGS.photo_metrics:
-    from vrn_jax import photo_report  # pylint: disable=g-import-not-at-top
-
     report, results = photo_report.reconstruct_and_score(
         FLAGS.workdir, FLAGS.images, FLAGS.output_dir, FLAGS.config, FLAGS.step, FLAGS.crop,
         FLAGS.landmarks, FLAGS.boxes, FLAGS.raw, FLAGS.batch_size, FLAGS.host_threads,

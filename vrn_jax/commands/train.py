@@ -16,6 +16,7 @@ host_memory.keep_freed_memory()  # before NumPy and JAX start their threads (see
 from absl import flags
 from ml_collections import config_flags
 
+from vrn_jax import cli
 from vrn_jax.configs import DEFAULT_CONFIG
 
 FLAGS = flags.FLAGS
@@ -32,6 +33,9 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  # JAX and TensorFlow load here, not at start-up: --help and a bad flag answer at once, and the dataset
+  # build's spawned workers, which import the program (run_train.py, vrn-train: this module) again,
+  # stay free of both.
   from vrn_jax.training import loop, steps  # pylint: disable=g-import-not-at-top
 
   try:
@@ -44,8 +48,6 @@ def main(argv):
 
 def console() -> None:
   """The installed command's entry point."""
-  from vrn_jax import cli  # pylint: disable=g-import-not-at-top
-
   cli.run_absl_command(main, define_flags, __name__, DEFAULT_CONFIG)
 
 

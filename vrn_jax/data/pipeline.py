@@ -31,6 +31,7 @@ def dataset_dir(data_dir: str, config: str) -> str:
 
 def data_source(data_dir: str, config: str = "synthetic", split: str = "train") -> Sequence[dict]:
   """Random-access source of decoded examples of a built `vrn_faces/<config>` split (array_record)."""
+  # TensorFlow (through tfds) loads only where a built dataset is read: the photo paths use dataset_dir.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   path = dataset_dir(data_dir, config)
@@ -157,6 +158,7 @@ def device_batches(source: Sequence[dict], *, global_batch_size: int, seed: int 
                    shuffle: bool = True, repeat: bool = True, prefetch: int = 2,
                    num_threads: int = 2, start_batch: int = 0) -> Iterator[dict]:
   """Batches placed on this process's devices, sharded on their leading axis (for pmap)."""
+  # JAX only where batches go to devices: the dataset builder and the photo paths import this module.
   import jax  # pylint: disable=g-import-not-at-top
   from flax import jax_utils  # pylint: disable=g-import-not-at-top
 

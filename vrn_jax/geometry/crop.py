@@ -13,6 +13,7 @@ import math
 import os
 
 import numpy as np
+from PIL import Image
 
 from vrn_jax.errors import InputError
 
@@ -150,8 +151,6 @@ def crop_image(photo: np.ndarray, transform: CropTransform) -> np.ndarray:
   Uses Pillow's `resize` with a source box: separable bicubic (a = -0.5) with its support widened by 1/s
   when shrinking, the same antialiasing filter as MATLAB's imresize that run.m used.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   photo = np.asarray(photo)
   if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
     raise ValueError(f"crop_image expects an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}.")

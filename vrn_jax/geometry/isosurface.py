@@ -4,9 +4,13 @@ released VRN `.raw` format."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import struct
 
 import numpy as np
+from scipy import ndimage
+from skimage import measure
 
 from vrn_jax.errors import InputError
 
@@ -31,6 +35,8 @@ class Mesh:
     return Mesh(transform.to_photo(self.vertices), self.faces, self.colors)
 
   def to_trimesh(self):
+    # trimesh (with networkx) takes ~1 s to import, which only PLY/GLB export needs: kept out of the
+    # dataset build's workers and the tools' start-up, which import this module through vrn_jax.geometry.
     import trimesh  # pylint: disable=g-import-not-at-top
 
     kwargs = {}
@@ -103,8 +109,6 @@ def load_volume(path: str | os.PathLike) -> np.ndarray:
 
 def sample_colors(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
   """Bilinear (V, 3) uint8 colours of an (H, W, 3) image at (V, 2) 0-based pixel positions."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-
   image = np.asarray(image)
   coords = np.stack([xy[:, 1], xy[:, 0]])
   channels = [ndimage.map_coordinates(image[..., c].astype(np.float32), coords, order=1, mode="nearest")
@@ -118,8 +122,6 @@ def volume_to_mesh(volume: np.ndarray, level: float = 0.5, image: np.ndarray | N
   Vertices come out as (x, y, z_index * 0.5) crop pixels, faces wound so that normals point out of the
   solid; with `image` (the (192, 192, 3) crop), each vertex takes the crop's colour at its (x, y).
   """
-  from skimage import measure  # pylint: disable=g-import-not-at-top
-
   volume = np.asarray(volume)
   if volume.dtype != bool and not np.issubdtype(volume.dtype, np.integer) and not np.issubdtype(
       volume.dtype, np.floating):
@@ -188,9 +190,6 @@ def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
 def _with_glb_material(glb: bytes) -> bytes:
   """Adds `_GLB_MATERIAL` to every primitive of trimesh's one-buffer GLB (trimesh writes vertex-coloured
   meshes with no material) and re-packs the container."""
-  import json  # pylint: disable=g-import-not-at-top  (only GLB export needs it)
-  import struct  # pylint: disable=g-import-not-at-top
-
   magic, version, _ = struct.unpack_from("<4sII", glb, 0)
   json_len, json_type = struct.unpack_from("<I4s", glb, 12)
   if magic != b"glTF" or version != 2 or json_type != b"JSON":

@@ -41,6 +41,8 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -610,9 +612,6 @@ def plot_ced(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, max
     curves: method name -> (N,) per-image NMEs (interocular-normalised: the axis says so).
     path: the .png to write.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
   if not curves:
     raise InputError("plot_ced: no curves to plot.")
   # A bare Figure with an Agg canvas: no pyplot global state, no display needed.

@@ -25,6 +25,7 @@ import dataclasses
 
 import numpy as np
 from scipy import ndimage
+from scipy.interpolate import griddata
 
 from vrn_jax.geometry.raster import depth_buffer
 
@@ -83,8 +84,6 @@ def frontal_depth_map(vertices_uvk: np.ndarray, triangles: np.ndarray,
 
 
 def _interpolate_holes(depth, covered, holes):
-  from scipy.interpolate import griddata  # pylint: disable=g-import-not-at-top
-
   ring = ndimage.binary_dilation(holes, iterations=2) & covered
   known = np.argwhere(ring)
   wanted = np.argwhere(holes)

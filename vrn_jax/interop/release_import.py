@@ -38,12 +38,16 @@ import shutil
 import tempfile
 from typing import Any, Iterator, Mapping
 
+import jax
 import numpy as np
 from absl import flags
 
 from vrn_jax import cli
+from vrn_jax.configs import vrn as vrn_config
 from vrn_jax.errors import InputError
+from vrn_jax.models import count_parameters
 from vrn_jax.models.layers import BN_EPSILON
+from vrn_jax.training import checkpoints, optimizers, steps
 
 LAYOUT = "the released vrn-unguided (PyTorch port)"
 
@@ -60,6 +64,7 @@ def _unpickler_reason(e: Exception) -> str:
 
 def load_pth(path: str) -> dict[str, Any]:
   """A .pth/.pt state dict (bare or under 'state_dict') -> {key: tensor}, without running pickled code."""
+  # torch and torchfile are the [release] extra: the module and --help import without them.
   import torch  # pylint: disable=g-import-not-at-top
 
   try:
@@ -191,7 +196,7 @@ def state_dict_from_t7(root: Any, expected: Mapping[str, tuple[int, ...]],
 
 def read_t7(path: str) -> Any:
   """The object tree of a Torch7 binary file (`torchfile.load`), errors as InputError."""
-  import torchfile  # pylint: disable=g-import-not-at-top
+  import torchfile  # pylint: disable=g-import-not-at-top  (the [release] extra, as torch above)
 
   try:
     return torchfile.load(path)
@@ -205,9 +210,9 @@ def read_t7(path: str) -> Any:
 def _check_workdir(workdir: str, force: bool) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir {workdir}: exists and is not a directory.")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if os.path.exists(checkpoints) and not force:
-    raise InputError(f"--workdir {workdir}: already holds checkpoints ({checkpoints}); choose a new "
+  existing = os.path.join(workdir, "checkpoints")
+  if os.path.exists(existing) and not force:
+    raise InputError(f"--workdir {workdir}: already holds checkpoints ({existing}); choose a new "
                      "--workdir, or pass --force to replace them.")
 
 
@@ -225,12 +230,7 @@ def _move_into_place(tmp: str, workdir: str) -> None:
 
 def import_release(weights: str, workdir: str, force: bool = False) -> dict:
   """Converts `weights` (.pth / .pt / .t7) and writes the restorable workdir. Returns a summary."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from vrn_jax.configs import vrn as vrn_config  # pylint: disable=g-import-not-at-top
-  from vrn_jax.training import checkpoints, optimizers, steps  # pylint: disable=g-import-not-at-top
-  from vrn_jax.models import count_parameters  # pylint: disable=g-import-not-at-top
-  from vrn_jax.interop import torch_reference  # pylint: disable=g-import-not-at-top
+  from vrn_jax.interop import torch_reference  # pylint: disable=g-import-not-at-top  (imports torch: [release])
 
   if not os.path.isfile(weights):
     raise InputError(f"--weights {weights}: no such file.")

@@ -17,6 +17,7 @@ from clu import metric_writers
 from flax import jax_utils
 
 from vrn_jax.data import pipeline
+from vrn_jax.datasets.vrn_faces import Builder
 from vrn_jax.errors import InputError
 from vrn_jax.training import checkpoints, optimizers, steps
 from vrn_jax.training.steps import AXIS
@@ -31,8 +32,6 @@ def ensure_dataset(config, name: str, split: str) -> None:
   if not name.startswith("synthetic") or not config.data.build_if_missing:
     pipeline.data_source(config.data.data_dir, name, split)  # raises with the build command
   logging.info("Building vrn_faces/%s in %s (first run only)...", name, config.data.data_dir)
-  from vrn_jax.datasets.vrn_faces import Builder  # pylint: disable=g-import-not-at-top
-
   Builder(config=name, data_dir=os.path.expanduser(config.data.data_dir)).download_and_prepare()
 
 

@@ -11,7 +11,9 @@ import uvicorn
 from absl import logging
 
 from vrn_jax.errors import InputError
+from vrn_jax.face_finder import DlibFaceFinder
 from vrn_jax.web import protocol, server
+from vrn_jax.web.engine import Engine
 
 
 def no_model_message(workdir: str, problem: str) -> str:
@@ -28,10 +30,8 @@ def load_engine(workdir: str, config=None, step: int | None = None, batch_size: 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return None, no_model_message(workdir, f"{workdir} holds no checkpoints/.")
-  # pylint: disable=g-import-not-at-top  (JAX, dlib and the model load only when there is a model)
-  from vrn_jax import inference
-  from vrn_jax.face_finder import DlibFaceFinder
-  from vrn_jax.web.engine import Engine
+  # JAX loads only when there is a model: without one the server starts at once, to say how to get one.
+  from vrn_jax import inference  # pylint: disable=g-import-not-at-top
 
   try:
     config = inference.load_config(workdir, config)
