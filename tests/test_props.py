@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vrn_jax.faces import props
+from vrn_jax.faces import props, render
 from vrn_jax.faces.face_model import build_face_model
 from vrn_jax.faces.scene import SceneOptions
 from vrn_jax.geometry.morphable_model import MorphableModel
@@ -190,6 +190,58 @@ def test_hair_above_brows_and_behind_forehead(model, monkeypatch):
     theta, phi = np.arctan2(p[:, 0], p[:, 2]), np.arcsin(p[:, 1] / np.linalg.norm(p, axis=1))
     off_head = np.linalg.norm(p, axis=1) - geo.head_radius(theta, phi)
     assert off_head[forehead].max(initial=0.0) < 25.0, (seed, off_head[forehead].max())
+
+
+def _visible_share(model, vertices_img, meshes, weight, where):
+  """The share of the head's visible pixels, `where` (N,) bool it is, whose `weight` (N,), interpolated,
+  exceeds 0.5: the head drawn with the meshes in one z-buffer, as sample_face draws them."""
+  albedo = np.stack([np.asarray(weight, float), np.asarray(where, float), np.zeros(len(weight))], 1)
+  face = render.SceneMesh(vertices_img, model.triangles, albedo)
+  rgb, index = render.render_scene([face] + meshes, render.Lighting(ambient=np.ones(3)), (SIZE, SIZE))
+  shown = (index == 0) & (rgb[..., 1] > 0.5)
+  return np.count_nonzero(shown & (rgb[..., 0] > 0.5)) / np.count_nonzero(shown)
+
+
+def test_scalp_painted_only_under_the_hair(model, monkeypatch):
+  """With a hair mesh, the face's texture paints its scalp (dark roots) only where the mesh covers it:
+  the smooth painted cap it replaces shows below the mesh's hairline at the temples and ears. Bald
+  heads are skin; without hair drawn, the cap is kept."""
+  monkeypatch.setattr(props, "BEARD_RATE", 0.0)
+  cap = render._albedo_layers(model).hair
+  tex = np.zeros(render.TEX_PARA_SIZE)
+  tex[7] = 1.0  # the painted cap's hair
+  cap_shown = []
+  for seed, yaw in enumerate([-85.0, -60.0, -20.0, 0.0, 30.0, 70.0, 88.0]):
+    vertices_img, pose = posed_face(model, seed, yaw)
+    # The head from the cheekbones up (face, temples, ears, crown; below, under hanging hair, the neck
+    # is in the hair's shade).
+    upper = props.head_geometry(model, vertices_img, pose, SIZE).points[:, 1] > -30.0
+    monkeypatch.setattr(props, "HAIR_RATE", 1.0)
+    drawn = props.sample_scene_props(model, vertices_img, pose, SIZE, SKIN, HAIR,
+                                     np.random.default_rng(seed), only("hair"))
+    (hair,) = drawn.meshes
+    scalp = drawn.scalp
+    assert scalp.weight.shape == (model.num_vertices,) and scalp.weight.max() == 1.0
+    assert np.all(scalp.colour < np.maximum(SKIN, HAIR))  # darker than the hair and the skin
+    share = _visible_share(model, vertices_img, [hair], scalp.weight, upper)
+    assert share < 0.02, (seed, yaw, share)
+    cap_shown.append(_visible_share(model, vertices_img, [hair], cap, upper))
+    painted = render.face_albedo(model, tex, scalp)[scalp.weight > 0.99]
+    np.testing.assert_allclose(np.median(painted, axis=0), scalp.colour, atol=1e-6)
+    # Bald: skin where the cap would be, as a face without hair texture (tex_para[7] below -1).
+    monkeypatch.setattr(props, "HAIR_RATE", 0.0)
+    bald = props.sample_scene_props(model, vertices_img, pose, SIZE, SKIN, HAIR,
+                                    np.random.default_rng(seed), only("hair"))
+    assert bald.meshes == [] and not bald.scalp.weight.any()
+    no_cap = tex.copy()
+    no_cap[7] = -2.0
+    np.testing.assert_array_equal(render.face_albedo(model, tex, bald.scalp),
+                                  render.face_albedo(model, no_cap))
+  # The cap this replaces did show, most of all at the temples of turned heads.
+  assert min(cap_shown) > 0.1, cap_shown
+  # Hair off: no scalp, and the face keeps its cap.
+  assert props.sample_scene_props(model, vertices_img, pose, SIZE, SKIN, HAIR, np.random.default_rng(0),
+                                  only("body")).scalp is None
 
 
 def test_glasses_surround_the_eyes(model, monkeypatch):

@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 from skimage.measure import points_in_poly
 
 from vrn_jax.faces.face_model import UNITS_PER_MM, build_face_model
-from vrn_jax.faces.render import SceneMesh
+from vrn_jax.faces.render import Scalp, SceneMesh
 from vrn_jax.faces.scene import SceneOptions
 from vrn_jax.geometry.mesh import vertex_normals
 from vrn_jax.geometry.morphable_model import MorphableModel
@@ -546,24 +546,31 @@ def _strand_noise(rng: np.random.Generator, shape, along: float, across: float) 
 
 
 def _hairline(abs_theta_deg, brow_y: float, front_kind: int, rng: np.random.Generator, ear_y: float,
-              back_y: float) -> np.ndarray:
-  """Height (mm above the eye line) of the hairline around the head, by |azimuth| (deg): forehead
+              back_y: float, nape_y: float) -> tuple[np.ndarray, np.ndarray]:
+  """Heights (mm above the eye line) around the head, by |azimuth| (deg), of the hair's edge: forehead
   (straight, receding at the temples, or a fringe down to the brows), temples, a sideburn in front of
-  the ear (outside the face region), over the ear, down to the nape."""
+  the ear (outside the face region), over the ear, down to the nape (`back_y`: hanging hair goes on
+  below it); and of its roots, where it grows from the scalp: the same but for a fringe's, on a straight
+  hairline above it, and the nape's, at `nape_y`."""
   forehead = brow_y + rng.uniform(38.0, 55.0)
   recess = rng.uniform(15.0, 30.0) if front_kind == 1 else rng.uniform(-4.0, 6.0)
   fringe = brow_y + rng.uniform(2.0, 8.0)
   sideburn = rng.uniform(-14.0, 10.0)
   if front_kind == 1:
     forehead += rng.uniform(8.0, 25.0)
-  front = fringe if front_kind == 2 else forehead
-  temple = max(front, forehead) + recess if front_kind == 1 else min(forehead - 12.0, 42.0)
+
+  def line(front, temple, back):
+    knots = [0.0, 28.0, 42.0, 58.0, 72.0, 79.0, 82.0, 87.0, 92.0, 104.0, 116.0, 180.0]
+    heights = [front, front + 0.4 * (temple - front), temple, 0.5 * (temple + 24.0), 24.0, 20.0,
+               sideburn, sideburn, ear_y, ear_y, back, back]
+    return np.interp(abs_theta_deg, knots, heights)
+
+  straight_temple = min(forehead - 12.0, 42.0)
+  temple = forehead + recess if front_kind == 1 else straight_temple
+  roots = line(forehead, temple, nape_y)
   if front_kind == 2:
-    temple = max(fringe + 4.0, 30.0)
-  knots = [0.0, 28.0, 42.0, 58.0, 72.0, 79.0, 82.0, 87.0, 92.0, 104.0, 116.0, 180.0]
-  heights = [front, front + 0.4 * (temple - front), temple, 0.5 * (temple + 24.0), 24.0, 20.0,
-             sideburn, sideburn, ear_y, ear_y, back_y, back_y]
-  return np.interp(abs_theta_deg, knots, heights)
+    return line(fringe, max(fringe + 4.0, 30.0), back_y), roots
+  return line(forehead, temple, back_y), roots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,6 +580,7 @@ class _HairStyle:  # pylint: disable=too-many-instance-attributes
   Attributes:
     style: a key of _HAIR_STYLES.
     hairline: (C,) its height above the eye line; ramp: over how many mm it thickens from there.
+    roots: (C,) the height above which it grows from the scalp (above a fringe: the hairline).
     thickness: at the crown; front_share: the share of it over the forehead.
     length: (C,) how far below the eye line hanging hair ends (0: it follows the head).
     hang_from: the azimuth from which hair hangs (behind the ears).
@@ -585,6 +593,7 @@ class _HairStyle:  # pylint: disable=too-many-instance-attributes
 
   style: str
   hairline: np.ndarray
+  roots: np.ndarray
   ramp: float
   thickness: float
   front_share: float
@@ -603,9 +612,10 @@ class _HairStyle:  # pylint: disable=too-many-instance-attributes
 
 
 def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
-          rng: np.random.Generator) -> list[SceneMesh]:
-  """Hair (most people) and a beard (some), from this part's generator; every draw is made whatever
-  is drawn, so the style never shifts another part's randomness."""
+          rng: np.random.Generator) -> tuple[list[SceneMesh], Scalp]:
+  """Hair (most people) and a beard (some), from this part's generator, and what the face's texture
+  shows of the scalp (`_scalp`); every draw is made whatever is drawn, so the style never shifts
+  another part's randomness."""
   beard_rng = np.random.default_rng(rng.integers(0, 2**63))
   has_hair = rng.uniform() < HAIR_RATE
   has_beard = rng.uniform() < BEARD_RATE
@@ -616,13 +626,15 @@ def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   thickness = rng.uniform(*thick_range)
   length = rng.uniform(*length_range)
   ear_y = rng.uniform(*ear_range)
-  back_y = rng.uniform(-78.0, -55.0)
+  back_y = nape_y = rng.uniform(-78.0, -55.0)
   if length > 0:
     back_y = -length - 40.0  # hanging hair: all of the back, down to its ends
+    nape_y = max(nape_y, 10.0 - length)  # the roots' line: under it, never below its ends
   brow_y = float(geo.landmarks[17:27, 1].max())
   abs_theta = np.abs(np.linspace(-180.0, 180.0, _HAIR_COLS, endpoint=False))
-  hairline = _hairline(abs_theta, brow_y, front_kind, rng, ear_y, back_y)
-  hairline += 2.0 * _strand_noise(rng, (1, _HAIR_COLS), 0.1, 2.0)[0]
+  hairline, roots = _hairline(abs_theta, brow_y, front_kind, rng, ear_y, back_y, nape_y)
+  wobble = 2.0 * _strand_noise(rng, (1, _HAIR_COLS), 0.1, 2.0)[0]
+  hairline, roots = hairline + wobble, roots + wobble
   ragged = _strand_noise(rng, (1, _HAIR_COLS), 0.1, 1.0)[0]  # uneven ends: fringe, hanging tips
   if front_kind == 2:
     hairline += 2.0 * ragged * (1.0 - _smoothstep((abs_theta - 40.0) / 20.0))
@@ -638,7 +650,8 @@ def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   bumps = _strand_noise(rng, (_HAIR_ROWS, _HAIR_COLS), 1.2, 1.5)
   tint = 1.0 + 0.08 * rng.normal(size=3)
   hair = _HairStyle(
-      style=style, hairline=hairline, ramp=3.0 if front_kind == 2 else 8.0,  # a fringe ends crisply
+      style=style, hairline=hairline, roots=roots,
+      ramp=3.0 if front_kind == 2 else 8.0,  # a fringe ends crisply
       thickness=thickness, front_share=front_share, length=length * (1.0 + 0.07 * ragged),
       hang_from=hang_from, curl=curl if style == "bushy" else 0.0, part=part,
       part_width=rng.uniform(1.5, 3.5), lean=-part_side * rng.uniform(0.1, 0.3) * (part_kind == 2),
@@ -647,7 +660,22 @@ def _hair(geo: HeadGeometry, hair_rgb: np.ndarray, skin_rgb: np.ndarray,
   meshes = _hair_shell(geo, hair) if has_hair else []
   if has_beard:
     meshes += _beard(geo, np.asarray(hair_rgb, np.float64), skin_rgb, beard_rng)
-  return meshes
+  scalp = _scalp(geo, hair, skin_rgb) if has_hair else Scalp(np.zeros(len(geo.points)), skin_rgb)
+  return meshes, scalp
+
+
+def _scalp(geo: HeadGeometry, hair: _HairStyle, skin_rgb: np.ndarray) -> Scalp:
+  """The face texture's scalp under this hair: the model's vertices above the roots' line (per
+  azimuth, interpolated between the hair's columns) take the colour of dark roots with some scalp seen
+  through them, fading in over 6 mm centred on the line: a soft hairline of fine hairs just below the
+  mesh's crisp edge, and no painted cap showing where the mesh does not reach (temples, ears)."""
+  p = geo.points
+  theta = np.degrees(np.arctan2(p[:, 0], p[:, 2]))
+  column = (theta + 180.0) / 360.0 * _HAIR_COLS
+  roots = np.interp(column, np.arange(_HAIR_COLS + 1), np.append(hair.roots, hair.roots[0]))
+  weight = _smoothstep((p[:, 1] - roots + 3.0) / 6.0)
+  colour = 0.75 * 0.75 * hair.colour + 0.25 * 0.6 * np.asarray(skin_rgb, np.float64)
+  return Scalp(weight, colour)
 
 
 _HAIR_FINE_PHI = np.deg2rad(np.linspace(-86.0, 86.0, 173))  # 1-degree rows to place the mesh rows
@@ -1169,10 +1197,28 @@ def _scarf(geo: HeadGeometry, chin, mouth, level: float, thickness: float, tilt:
 # The props.
 
 
+@dataclasses.dataclass(frozen=True)
+class Props:
+  """The props of one photo: `meshes` and `scalp`, what the face's texture shows under the hair
+  (`face_albedo`'s argument; None when hair is not drawn: the face keeps its painted cap)."""
+
+  meshes: list[SceneMesh]
+  scalp: Scalp | None
+
+
 def sample_props(model: MorphableModel, vertices_img: np.ndarray, pose: Pose, image_size: int,
                  skin_rgb, hair_rgb, rng: np.random.Generator,
                  scene: SceneOptions | None = None) -> list[SceneMesh]:
-  """Draws the props of one synthetic photo: body, hair (and beard), glasses, an occluder.
+  """The meshes of `sample_scene_props`."""
+  return sample_scene_props(model, vertices_img, pose, image_size, skin_rgb, hair_rgb, rng,
+                            scene).meshes
+
+
+def sample_scene_props(model: MorphableModel, vertices_img: np.ndarray, pose: Pose, image_size: int,
+                       skin_rgb, hair_rgb, rng: np.random.Generator,
+                       scene: SceneOptions | None = None) -> Props:
+  """Draws the props of one synthetic photo: body, hair (and beard), glasses, an occluder, and the
+  scalp the hair leaves for the face's texture.
 
   Args:
     model: the morphable model of the face.
@@ -1184,21 +1230,26 @@ def sample_props(model: MorphableModel, vertices_img: np.ndarray, pose: Pose, im
       part off (`scene`) leaves the others exactly as they were.
     scene: which parts to draw (`body`, `hair`, `glasses`, `occluders`); default all.
   Returns:
-    `SceneMesh`es in the face's image frame, named 'body', 'hair', 'beard', 'glasses' or 'occluder'.
+    `Props`: `SceneMesh`es in the face's image frame, named 'body', 'hair', 'beard', 'glasses' or
+    'occluder'; the scalp (`render.Scalp`) when `scene.hair`: under the hair mesh, or bare skin when
+    the person is bald.
   """
   scene = SceneOptions() if scene is None else scene
   part_rng = dict(zip(_PARTS, (np.random.default_rng(s) for s in rng.integers(0, 2**63, size=4))))
   if not any(getattr(scene, p) for p in _PARTS):
-    return []
+    return Props([], None)
   geo = head_geometry(model, vertices_img, pose, image_size)
   skin = np.clip(np.asarray(skin_rgb, np.float64), 0.0, 1.0)
   meshes: list[SceneMesh] = []
+  scalp = None
   if scene.body and part_rng["body"].uniform() < BODY_RATE:
     meshes += _body(geo, skin, part_rng["body"])
   if scene.hair:
-    meshes += _hair(geo, np.clip(np.asarray(hair_rgb, np.float64), 0.0, 1.0), skin, part_rng["hair"])
+    hair, scalp = _hair(geo, np.clip(np.asarray(hair_rgb, np.float64), 0.0, 1.0), skin,
+                        part_rng["hair"])
+    meshes += hair
   if scene.glasses:
     meshes += _glasses(geo, part_rng["glasses"])
   if scene.occluders:
     meshes += _occluder(geo, skin, part_rng["occluders"])
-  return meshes
+  return Props(meshes, scalp)

@@ -50,6 +50,16 @@ class SceneMesh:
   occlusion: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Scalp:
+  """What a face's texture shows on the scalp when a hair mesh is drawn over it: `weight` (N,) in
+  [0, 1] per vertex of the model (1 under the hair), `colour` (3,) painted there (dark roots with the
+  scalp seen through them). Zero weight everywhere is a bald head: skin."""
+
+  weight: np.ndarray
+  colour: np.ndarray
+
+
 # ---------------------------------------------------------------------------------------------------
 # Texture: per-vertex albedo placed with the landmarks of the mean face.
 
@@ -226,7 +236,8 @@ def skin_and_hair_colours(tex_para: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   return skin, hair
 
 
-def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
+def face_albedo(model: MorphableModel, tex_para: np.ndarray,
+                scalp: Scalp | None = None) -> np.ndarray:
   """(N, 3) float64 albedo in [0, 1] for each vertex of `model`.
 
   Regions are found on the mean face, in its frontal projection, from the landmarks: lips inside the
@@ -239,6 +250,9 @@ def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
     tex_para: (TEX_PARA_SIZE,) texture parameters, ~N(0, 1) each (shorter arrays are zero-padded):
       skin lightness, redness, yellowness; lip colour; hair and brow darkness; iris colour; blush; hair
       (bald below -1); 22 brightness and 10 redness blotches.
+    scalp: where a hair mesh drawn with the face covers the head (`props.sample_scene_props`): painted
+      there instead of the smooth cap of hair, which would show below the mesh's own hairline (at the
+      temples and over the ears); None paints the cap (no hair mesh: the plain generator).
   """
   t = _tex_para(tex_para)
   layers = _albedo_layers(model)
@@ -249,7 +263,10 @@ def face_albedo(model: MorphableModel, tex_para: np.ndarray) -> np.ndarray:
   lip_colour = skin * np.array([0.86, 0.56, 0.56]) * (1 + 0.08 * t[3] * np.array([-1.0, -1.5, -1.2]))
   albedo = _mix(albedo, lip_colour, layers.lips)
   albedo = _mix(albedo, hair, 0.85 * layers.brows)
-  if t[7] > -1.0:  # most have hair (a smooth cap of it); the others are bald
+  if scalp is not None:
+    weight = np.asarray(scalp.weight, np.float64) * ~layers.interior
+    albedo = _mix(albedo, np.asarray(scalp.colour, np.float64), weight)
+  elif t[7] > -1.0:  # most have hair (a smooth cap of it); the others are bald
     hair_texture = hair * (1 + 0.25 * (layers.blotches[:, :3] @ [1.0, -0.7, 0.5]))[:, None]
     albedo = _mix(albedo, hair_texture, layers.hair)
   iris_colour = np.array([0.30, 0.17, 0.08]) + (1.0 / (1.0 + np.exp(-1.5 * t[5] + 1.0))) * np.array(

@@ -285,7 +285,8 @@ def sample_face(model: MorphableModel, rng: np.random.Generator, image_size: int
 
   The geometry is `sample_geometry`'s. Then, each from its own generator: texture; a background
   (photographs, rooms, studio backdrops or the procedural ones); lights; sometimes another head behind
-  (`other_face`); props drawn with the face (`props.sample_props`: body, hair, glasses, occluders); all
+  (`other_face`); props drawn with the face (`props.sample_scene_props`: body, hair, glasses, occluders,
+  and what the face's texture shows under the hair: its roots, or skin when bald); all
   meshes rendered in one z-buffer with cast shadows (`render.render_scene`); the camera's development of
   the light into a photo (`camera.develop`: optics, exposure, noise, tone curve, JPEG). `scene` turns
   parts off; `SceneOptions.plain()` is the plain generator (one light, no shadows, procedural
@@ -298,7 +299,6 @@ def sample_face(model: MorphableModel, rng: np.random.Generator, image_size: int
   tex_para = texture.normal(size=render.TEX_PARA_SIZE)
   color_para = np.concatenate([1 + texture.normal(0, 0.04, 3), texture.normal(0, 0.02, 3),
                                [texture.uniform(0.85, 1.15)]])
-  albedo = render.face_albedo(model, tex_para)
   skin_rgb, hair_rgb = render.skin_and_hair_colours(tex_para)
 
   background = backgrounds.sample_background(streams["background"], shape, scene.photo_backgrounds)
@@ -314,11 +314,14 @@ def sample_face(model: MorphableModel, rng: np.random.Generator, image_size: int
     if behind is not None:
       scene_bg = scene_bg * (1.0 - behind[1][..., None]) + behind[0]
 
+  drawn = props.sample_scene_props(model, geometry.projected, geometry.pose, image_size, skin_rgb,
+                                   hair_rgb, streams["props"], scene)
+  # Under a hair mesh the scalp shows its roots, a bald head its skin; without one, a painted cap.
+  albedo = render.face_albedo(model, tex_para, drawn.scalp)
   face_mesh = render.SceneMesh(geometry.projected, model.triangles, albedo, light.specular,
                                light.shininess, name="face",
                                occlusion=render.ambient_occlusion(model) if scene.lighting else None)
-  meshes = [face_mesh] + props.sample_props(model, geometry.projected, geometry.pose, image_size,
-                                            skin_rgb, hair_rgb, streams["props"], scene)
+  meshes = [face_mesh] + drawn.meshes
   if scene.tone:  # albedos are designed as display colours (what the plain generator stores)
     meshes = [dataclasses.replace(m, albedo=camera.srgb_to_linear(m.albedo)) for m in meshes]
   rgb, index = render.render_scene(meshes, light.lighting, shape)
