@@ -192,6 +192,31 @@ def test_hair_above_brows_and_behind_forehead(model, monkeypatch):
     assert off_head[forehead].max(initial=0.0) < 25.0, (seed, off_head[forehead].max())
 
 
+def test_hair_covers_no_more_of_the_face_than_a_fringe_and_sideburns(model, monkeypatch):
+  """At any yaw (profiles included, where long hair and the temples' hair are nearest the face) and
+  pitch, the hair mesh hides of the face region only what a fringe (above the brows) and sideburns
+  (beside the eyes, above the cheekbones) hide."""
+  monkeypatch.setattr(props, "HAIR_RATE", 1.0)
+  monkeypatch.setattr(props, "BEARD_RATE", 0.0)
+  shares = []
+  for k in range(28):
+    seed, yaw = 100 + k, [-90.0, -75.0, -50.0, -20.0, 10.0, 45.0, 80.0][k % 7]
+    vertices_img, pose, meshes = draw(model, seed, only("hair"), yaw_deg=yaw)
+    geo = props.head_geometry(model, vertices_img, pose, SIZE)
+    face = visible_face(model, vertices_img)
+    covered = np.isfinite(face) & (depth_of(meshes) > face)
+    rows, cols = np.nonzero(covered)
+    p = head_frame(geo, pose, np.column_stack([cols, rows, face[rows, cols]]))  # the face hidden
+    theta = np.degrees(np.abs(np.arctan2(p[:, 0], p[:, 2])))
+    fringe = p[:, 1] > geo.landmarks[17:27, 1].max() - 5.0
+    sideburns = (theta > 70.0) & (p[:, 1] > -20.0)
+    region = np.count_nonzero(np.isfinite(face))
+    shares.append(len(p) / region)
+    assert np.count_nonzero(~(fringe | sideburns)) < 0.003 * region, (seed, yaw)
+  # Hair does hide the forehead, at most its top half.
+  assert 0.05 < np.mean(shares) and max(shares) < 0.5, shares
+
+
 def _visible_share(model, vertices_img, meshes, weight, where):
   """The share of the head's visible pixels, `where` (N,) bool it is, whose `weight` (N,), interpolated,
   exceeds 0.5: the head drawn with the meshes in one z-buffer, as sample_face draws them."""
