@@ -414,6 +414,33 @@ def test_other_faces_stay_behind_the_subject(model):
   assert seen == 2
 
 
+def test_other_faces_have_hair_and_bodies(model, monkeypatch):
+  """Heads behind the subject are people: hair (most) and a body, never glasses or a hand; drawn from
+  their own generator, so the same head comes back for the same generator."""
+  monkeypatch.setattr(synthetic, "OTHER_FACE_RATE", 1.0)
+  drawn = []
+  render_scene = render.render_scene
+
+  def spy(meshes, lighting, shape):
+    drawn.append([m.name for m in meshes])
+    return render_scene(meshes, lighting, shape)
+
+  monkeypatch.setattr(render, "render_scene", spy)
+  geometry = sample_geometry(model, np.random.default_rng(0))
+  light = render.Lighting(ambient=np.full(3, 0.5))
+  coverage = []
+  for i in range(6):
+    rgb, alpha = synthetic.other_face(model, geometry, light, np.random.default_rng([3, i]))
+    again = synthetic.other_face(model, geometry, light, np.random.default_rng([3, i]))
+    np.testing.assert_array_equal(alpha, again[1])
+    coverage.append(alpha.mean())
+  heads = drawn[::2]
+  assert all(names[0] == "other_face" and "body" in names for names in heads), heads
+  assert sum("hair" in names for names in heads) >= 4, heads
+  assert not {"glasses", "occluder"} & {n for names in heads for n in names}
+  assert min(coverage) > 0.0
+
+
 def test_tone_curve_brightens_mid_tones():
   """Linear light stored as is makes faces dark: the sRGB curve puts 18% grey near the middle of the
   range, the filmic one too, and both keep black black and order."""

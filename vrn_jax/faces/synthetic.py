@@ -40,6 +40,8 @@ _MARGIN_PX = 4.0
 # each name keeps its stream).
 _STREAMS = ("texture", "lighting", "background", "other_faces", "props", "tone", "camera")
 OTHER_FACE_RATE = 0.3
+# What another head behind the subject is drawn with: hair and a body, nothing held in front of it.
+_OTHER_FACE_PROPS = dataclasses.replace(SceneOptions.plain(), hair=True, body=True)
 # (dy, dx, weight): a 3x3 tent, about the footprint of a sensor pixel.
 _TENT_3X3 = tuple((dy, dx, np.float32((2 - abs(dy)) * (2 - abs(dx)) / 16.0))
                   for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -209,8 +211,10 @@ def other_face(model: MorphableModel, subject: FaceGeometry, light: render.Light
   smaller than the subject and out of focus: (premultiplied linear RGB (H, W, 3), alpha (H, W)), both
   float32, to composite over the background; None when there is none.
 
-  Another identity, expression, pose and texture from the same model, lit by the same lights (no shadows:
-  it is blurred anyway), rendered at a third of the resolution and blurred (sigma 1-4 px).
+  Another identity, expression, pose and texture from the same model, with hair and a body
+  (`props.sample_scene_props`, from a generator of its own: a bald, bodiless head floating behind the
+  subject is no photo's), lit by the same lights (no shadows: it is blurred anyway), rendered at a
+  third of the resolution and blurred (sigma 1-4 px).
   `linear_albedo`: decode the texture's display colours to linear light, as the subject's are when a tone
   curve follows.
   """
@@ -230,14 +234,18 @@ def other_face(model: MorphableModel, subject: FaceGeometry, light: render.Light
   cy = (rng.uniform(0.15, 0.75) if edge < 2 else rng.uniform(-0.05, 0.1)) * side
   c = f * rotation @ centre_model
   pose = Pose(*map(float, angles), (float(cx + 1.0 - c[0]), float(side - cy - c[1]), 0.0), float(f))
-  albedo = render.face_albedo(model, rng.normal(size=render.TEX_PARA_SIZE))
+  tex_para = rng.normal(size=render.TEX_PARA_SIZE)
+  projected = pose.project(vertices, side)
+  drawn = props.sample_scene_props(model, projected, pose, side, *render.skin_and_hair_colours(tex_para),
+                                   np.random.default_rng(rng.integers(0, 2**63)), _OTHER_FACE_PROPS)
+  albedo = render.face_albedo(model, tex_para, drawn.scalp)
+  meshes = [render.SceneMesh(projected, model.triangles, albedo, name="other_face",
+                             occlusion=render.ambient_occlusion(model))] + drawn.meshes
   if linear_albedo:
-    albedo = camera.srgb_to_linear(albedo)
-  mesh = render.SceneMesh(pose.project(vertices, side), model.triangles, albedo, name="other_face",
-                          occlusion=render.ambient_occlusion(model))
+    meshes = [dataclasses.replace(m, albedo=camera.srgb_to_linear(m.albedo)) for m in meshes]
   unshadowed = dataclasses.replace(
       light, lights=tuple(dataclasses.replace(l, shadows=False) for l in light.lights))
-  rgb, index = render.render_scene([mesh], unshadowed, (side, side))
+  rgb, index = render.render_scene(meshes, unshadowed, (side, side))
   alpha = (index >= 0).astype(np.float32)
   if not alpha.any():
     return None
