@@ -332,6 +332,56 @@ def test_shadows_fall_from_the_nose_and_nowhere_lit(model):
   assert off[window].min() > 0.2
 
 
+def test_skin_detail_gloss_and_catchlights(model):
+  """A face's `SkinSurface`: a small sharp highlight of the light in each open eye (none without it, and
+  no cornea when the eyes are closed), fine albedo detail on the skin, and highlights stronger on the
+  T-zone than on the cheeks (relative to the same face without it)."""
+  pose = Pose(0.0, 0.0, 0.0, (225.0, 225.0, 0.0), 1.6e-3)
+  v = pose.project(model.vertices(), 450)
+  lm = v[model.landmark_indices]
+  forward = pose.rotation[:, 2] * np.array([1.0, -1.0, 1.0])
+  skin = render.skin_surface(model, v, forward, np.random.default_rng(3))
+  assert len(skin.corneas) == 2
+  mesh = render.SceneMesh(v, model.triangles, render.face_albedo(model, np.zeros(render.TEX_PARA_SIZE)),
+                          specular=0.15, shininess=20.0, name="face")
+  light = render.Lighting(np.full(3, 0.3), (render.Light(np.array([-0.3, -0.4, 0.85]), np.ones(3)),),
+                          wrap=0.2)
+  plain, index = render.render_scene([mesh], light, (450, 450))
+  detailed, same_index = render.render_scene([dataclasses.replace(mesh, skin=skin)], light, (450, 450))
+  np.testing.assert_array_equal(index, same_index)
+  for ids in (range(36, 42), range(42, 48)):
+    eye = np.zeros((450, 450), bool)
+    eye[polygon(lm[list(ids), 1], lm[list(ids), 0], eye.shape)] = True
+    for rgb, glint in ((detailed, True), (plain, False)):
+      lum = rgb[eye].mean(axis=1)
+      spot = lum > np.median(lum) + 0.5
+      assert (0 < spot.sum() < 0.15 * eye.sum()) if glint else not spot.any(), (glint, lum.max())
+  # Closed eyes (the expression's eyes_close component): no cornea to catch the light.
+  closed = np.zeros(model.expression_basis.shape[1])
+  closed[3] = 5.6
+  shut = render.skin_surface(model, pose.project(model.vertices(None, closed), 450), forward,
+                             np.random.default_rng(3))
+  assert len(shut.corneas) == 0 and not shut.cornea.any()
+  # Detail: the cheek's pixel-scale variation (what a 2-px blur removes) several times the plain one's.
+  iod = lm[45, 0] - lm[36, 0]
+  cheek = np.s_[int(lm[29, 1]):int(lm[29, 1] + 0.25 * iod), int(lm[41, 0] - 0.2 * iod):int(lm[41, 0])]
+
+  def fine(rgb):
+    grey = rgb[..., 1]
+    return np.std((grey - ndimage.gaussian_filter(grey, 2.0))[cheek])
+
+  assert fine(detailed) > 3 * fine(plain), (fine(detailed), fine(plain))
+  # Gloss: the highlight alone (black albedo, no ambient) mid-forehead against the cheek.
+  dark = dataclasses.replace(mesh, albedo=np.zeros((model.num_vertices, 3)))
+  frontal = render.Lighting(np.zeros(3), (render.Light(np.array([0.0, 0.0, 1.0]), np.ones(3)),))
+  gloss = [render.render_scene([m], frontal, (450, 450))[0][..., 1]
+           for m in (dark, dataclasses.replace(dark, skin=skin))]
+  forehead = (lm[[19, 24], :2].mean(axis=0) + [0, -0.3 * iod]).astype(int)
+  forehead = np.s_[forehead[1] - 5:forehead[1] + 5, forehead[0] - 10:forehead[0] + 10]
+  ratios = [g[forehead].mean() / g[cheek].mean() for g in gloss]
+  assert ratios[1] > 1.5 * ratios[0], ratios
+
+
 def test_lighting_parts_are_switchable(model):
   """The full draw uses 1-3 lights, the key always casting shadows; the plain one, one light without."""
   counts = set()

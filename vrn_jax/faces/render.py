@@ -38,6 +38,7 @@ class SceneMesh:
     name: what it is ('face', 'body', 'hair', 'glasses', 'occluder', 'other_face').
     occlusion: optional (N,) ambient visibility in [0, 1] (`ambient_occlusion`): how much of the sky
       each vertex sees; None is 1 everywhere.
+    skin: optional `SkinSurface`: detail finer than the vertices and gloss varying over them (a face).
   """
 
   vertices: np.ndarray
@@ -48,6 +49,7 @@ class SceneMesh:
   two_sided: bool = False
   name: str = ""
   occlusion: np.ndarray | None = None
+  skin: SkinSurface | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +125,9 @@ class _AlbedoLayers:
   interior: np.ndarray
   teeth: np.ndarray
   hair: np.ndarray
+  coords_mm: np.ndarray
+  tzone: np.ndarray
+  freckle_zone: np.ndarray
 
 
 _LAYER_CACHE: dict[int, tuple[weakref.ref, _AlbedoLayers]] = {}
@@ -207,8 +212,18 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
                        [ear_y - 0.55 * iod, ear_y - 0.55 * iod, ear_y + 0.42 * iod,
                         ear_y + 0.36 * iod, brow_y + 0.5 * iod, brow_y + 0.64 * iod])
   hair = _soft(xy[:, 1] - hairline, 10 * u) * ~interior
+  # Where skin is oily (the T-zone: mid-forehead, nose, chin) and where freckles gather (nose, cheeks).
+  def bump(c, sx, sy):
+    return np.exp(-0.5 * (((xy[:, 0] - c[0]) / (sx * u)) ** 2 + ((xy[:, 1] - c[1]) / (sy * u)) ** 2))
+
+  mid_x = lm[27, 0]
+  tzone = np.maximum.reduce([bump((mid_x, brow_y + 28 * u), 22, 22), bump(lm[30, :2], 10, 26),
+                             bump(lm[8, :2] + [0.0, 8 * u], 14, 10)]) * front
+  freckle_zone = np.maximum.reduce([bump(lm[30, :2] + [0.0, 10 * u], 14, 14),
+                                    bump(lm[[1, 3, 31]].mean(axis=0)[:2], 20, 16),
+                                    bump(lm[[15, 13, 35]].mean(axis=0)[:2], 20, 16)]) * front
   return _AlbedoLayers(blotches, blush, lips, brows, eyes, iris, pupil, lash, nostrils,
-                       interior, teeth, hair)
+                       interior, teeth, hair, (mean / u).astype(np.float32), tzone, freckle_zone)
 
 
 def _mix(base, colour, weight):
@@ -280,6 +295,157 @@ def face_albedo(model: MorphableModel, tex_para: np.ndarray,
   albedo[layers.interior] = np.array([0.22, 0.05, 0.05])
   albedo[layers.teeth] = np.array([0.70, 0.66, 0.57])  # in the mouth's shade
   return np.clip(albedo, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Skin and eyes as a photo shows them: detail below the mesh's resolution, gloss varying over the face.
+
+
+@dataclasses.dataclass(frozen=True)
+class SkinSurface:  # pylint: disable=too-many-instance-attributes
+  """What makes a face mesh read as skin and eyes in a photo beyond its per-vertex albedo (the vertices
+  are ~2.5 px apart in a 192 crop: pores, freckles and catchlights are finer), for `render_scene`.
+
+  Attributes:
+    coords: (N, 3) float32 where each vertex sits on the skin, mm (the mean face's: the detail moves
+      with the skin whatever the expression).
+    detail: (N,) weight of the albedo detail: 1 on skin, 0 on the eyes and inside the mouth.
+    freckles: (N,) freckle density, 0 without freckles.
+    moles: (K, 4) moles: centre (coords, mm) and radius (mm).
+    pores, mottle, redness: amplitudes of the fine (~1.5 mm) and medium (~5 mm) brightness variation
+      and of the medium redness variation.
+    seed: of the noise fields.
+    specular: (N,) scales the mesh's highlight strength (an oilier T-zone, drier cheeks, glossy lips);
+      shininess: (N,) its exponent.
+    corneas: (K, 4) spheres in the image frame (centre x, y, z, radius, px): the eyes' curvature,
+      where each light leaves a small sharp highlight; cornea: (N,) where they are (open eyes).
+    cornea_specular, cornea_shininess: that highlight's strength and exponent.
+    subsurface: extra wrap of the diffuse term, red most: light scattered under the skin comes out
+      past the terminator and the shadows' edges, reddened.
+  """
+
+  coords: np.ndarray
+  detail: np.ndarray
+  freckles: np.ndarray
+  moles: np.ndarray
+  pores: float
+  mottle: float
+  redness: float
+  seed: int
+  specular: np.ndarray
+  shininess: np.ndarray
+  corneas: np.ndarray
+  cornea: np.ndarray
+  cornea_specular: float
+  cornea_shininess: float
+  subsurface: float
+
+
+_EYEBALL_IOD = 0.13  # eyeball radius / outer interocular distance (~12 mm / 90 mm)
+
+
+def skin_surface(model: MorphableModel, vertices_img: np.ndarray, forward_img: np.ndarray,
+                 rng: np.random.Generator, scalp: Scalp | None = None) -> SkinSurface:
+  """Draws a face's skin and eye surface (`SkinSurface`), the same number of draws every time.
+
+  Pores 3-8%, mottling 2-5%, redness 2-6%; freckles on a quarter of faces (nose and cheeks), 0-3 moles;
+  the T-zone's highlights up to ~2x the cheeks', lips 1.8x and sharper, the painted scalp and brows
+  matte; eyes open (lids apart by over 12% of their width) get a cornea: an eyeball of 0.13 interocular
+  distances whose front bulges a quarter of its radius in front of the lids' centre.
+
+  Args:
+    model: the face's model; vertices_img: (N, 3) its posed vertices (`Pose.project`).
+    forward_img: (3,) the direction the face looks, image frame (the model's +z, posed).
+    rng: the texture's generator.
+    scalp: the painted scalp (`face_albedo`), kept matte and without skin detail.
+  """
+  layers = _albedo_layers(model)
+  pores, mottle, redness = rng.uniform(0.03, 0.08), rng.uniform(0.02, 0.05), rng.uniform(0.02, 0.06)
+  freckled = rng.random() < 0.25
+  freckle_amount = rng.uniform(0.3, 1.0)
+  mole_count = int(rng.choice(4, p=[0.5, 0.25, 0.15, 0.1]))
+  mole_pick, mole_radius = rng.random(3), rng.uniform(0.6, 1.6, 3)
+  seed = int(rng.integers(0, 2**31))
+  cornea_specular, cornea_shininess = rng.uniform(1.5, 4.0), float(np.exp(rng.uniform(np.log(150.0),
+                                                                                      np.log(600.0))))
+  subsurface = rng.uniform(0.08, 0.25)
+
+  hair = np.zeros(len(layers.eyes)) if scalp is None else np.asarray(scalp.weight, np.float64)
+  bare = (1.0 - layers.eyes) * (1.0 - layers.lips * 0.6) * (1.0 - hair) * ~layers.interior
+  skin = np.nonzero((bare > 0.9) & (layers.freckle_zone + layers.tzone > 0.05))[0]
+  moles = np.zeros((0, 4), np.float32)
+  if mole_count and len(skin):
+    centres = layers.coords_mm[skin[(mole_pick[:mole_count] * len(skin)).astype(int)]]
+    moles = np.column_stack([centres, mole_radius[:mole_count]]).astype(np.float32)
+  specular = (0.55 + 0.6 * layers.tzone) * (1.0 - 0.8 * layers.brows) * (1.0 - 0.85 * hair)
+  specular = (specular * (1.0 - layers.lips) + 1.8 * layers.lips) * (1.0 - layers.eyes)
+  shininess = 1.0 + 0.2 * layers.tzone + 1.5 * layers.lips
+
+  lm = np.asarray(vertices_img, np.float64)[model.landmark_indices]
+  iod = float(np.linalg.norm(lm[45] - lm[36]))
+  forward = np.asarray(forward_img, np.float64) / np.linalg.norm(forward_img)
+  corneas = []
+  for ids in (range(36, 42), range(42, 48)):
+    eye = lm[list(ids)]
+    opening = 0.5 * (np.linalg.norm(eye[1] - eye[5]) + np.linalg.norm(eye[2] - eye[4]))
+    if opening > 0.12 * np.linalg.norm(eye[3] - eye[0]):
+      radius = _EYEBALL_IOD * iod
+      corneas.append([*(eye.mean(axis=0) - 0.75 * radius * forward), radius])
+  return SkinSurface(
+      coords=layers.coords_mm, detail=bare, freckles=layers.freckle_zone * freckle_amount * freckled,
+      moles=moles, pores=float(pores), mottle=float(mottle), redness=float(redness), seed=seed,
+      specular=specular, shininess=shininess, corneas=np.asarray(corneas, np.float64).reshape(-1, 4),
+      cornea=layers.eyes * bool(corneas), cornea_specular=float(cornea_specular),
+      cornea_shininess=cornea_shininess, subsurface=float(subsurface))
+
+
+_NOISE_TABLE = np.random.default_rng(2017).uniform(-1.0, 1.0, 4096).astype(np.float32)
+
+
+def value_noise(points: np.ndarray, seed: int) -> np.ndarray:
+  """(M,) float32 smooth noise in [-1, 1] at points (M, 3), features about one unit across: random
+  values on the integer lattice (hashed: no table of the space), blended with smoothstep weights."""
+  p = np.asarray(points, np.float32)
+  cell = np.floor(p)
+  f = p - cell
+  f = f * f * (np.float32(3.0) - np.float32(2.0) * f)
+  i = cell.astype(np.int64).astype(np.uint64)
+  primes = (np.uint64(73856093), np.uint64(19349663), np.uint64(83492791))
+  keys = [[(i[:, k] + np.uint64(d)) * primes[k] for d in (0, 1)] for k in range(3)]
+  mix = np.uint64((seed * 2654435761) % 2**64)
+  out = np.zeros(len(p), np.float32)
+  for a in (0, 1):
+    wa = f[:, 0] if a else 1 - f[:, 0]
+    for b in (0, 1):
+      wab = wa * (f[:, 1] if b else 1 - f[:, 1])
+      hab = keys[0][a] ^ keys[1][b] ^ mix
+      for c in (0, 1):
+        h = hab ^ keys[2][c]
+        h = (h ^ (h >> np.uint64(15))) * np.uint64(2246822519)
+        value = _NOISE_TABLE[(h >> np.uint64(20)) & np.uint64(4095)]
+        out += wab * (f[:, 2] if c else 1 - f[:, 2]) * value
+  return out
+
+
+def _skin_detail(skin: SkinSurface, coords: np.ndarray, weight: np.ndarray,
+                 freckles: np.ndarray) -> np.ndarray:
+  """(M, 3) float32 albedo factors at M pixels (their skin coordinates (M, 3) mm, detail weights and
+  freckle densities (M,)): pores and mottling in brightness, patches of redness, freckles, moles."""
+  fine = value_noise(coords * np.float32(1 / 1.5), skin.seed)
+  medium = value_noise(coords * np.float32(1 / 5.0), skin.seed + 1)
+  red = value_noise(coords * np.float32(1 / 7.0), skin.seed + 2)
+  factor = ((1.0 + skin.pores * 1.7 * fine + skin.mottle * 1.7 * medium)[:, None]
+            * (1.0 + skin.redness * 1.7 * red[:, None] * np.array([1.0, -0.4, -0.5], np.float32)))
+  brown = np.array([0.72, 0.56, 0.45], np.float32)  # melanin: a freckle or mole darkens blue most
+  if freckles.max(initial=0.0) > 0:
+    spots = value_noise(coords * np.float32(1 / 1.8), skin.seed + 3)
+    dots = np.clip((spots - 0.2) / 0.15, 0.0, 1.0) * np.clip(freckles, 0.0, 1.0)
+    factor = factor * (1.0 + dots[:, None] * (brown - 1.0))
+  for x, y, z, radius in skin.moles:
+    d = np.sqrt((coords[:, 0] - x) ** 2 + (coords[:, 1] - y) ** 2 + (coords[:, 2] - z) ** 2)
+    spot = np.clip((radius - d) / 0.4 + 0.5, 0.0, 1.0)
+    factor = factor * (1.0 + spot[:, None] * (brown * 0.55 - 1.0))
+  return (1.0 + weight[:, None] * (factor - 1.0)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -559,11 +725,13 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   them and is shaded on the side facing the camera. Each pixel gets albedo * (ambient * occlusion +
   sum over lights of colour * wrapped n.l * shadow) plus, per light, a Blinn-Phong highlight of the
   mesh's `specular` and `shininess` in the light's colour, also shadowed. Every mesh drawn casts shadows,
-  both sides of every triangle.
+  both sides of every triangle. A mesh with a `skin` surface also gets its per-pixel albedo detail,
+  highlights scaled over it, a red-shifted wrap of the diffuse term, and its corneas' catchlights.
   """
   h, w = shape
-  vertices, drawn, casters, owner, normals, albedo, occlusion = [], [], [], [], [], [], []
+  vertices, drawn, casters, owner, attributes = [], [], [], [], []
   caster_normals, caster_sided = [], []
+  any_skin = any(m.skin is not None for m in meshes)
   offset = 0
   for k, mesh in enumerate(meshes):
     v = np.asarray(mesh.vertices, np.float64)
@@ -576,9 +744,18 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     caster_normals.append(n_tri)
     caster_sided.append(np.full(len(t), mesh.two_sided))
     owner.append(np.full(len(keep), k, np.int32))
-    normals.append(vertex_normals(v, t, n_tri))
-    albedo.append(np.broadcast_to(np.asarray(mesh.albedo, np.float64), (len(v), 3)))
-    occlusion.append(np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64))
+    # Per-vertex attributes, interpolated together: normal, albedo, occlusion [, the skin's].
+    occlusion = np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64)
+    albedo = np.broadcast_to(np.asarray(mesh.albedo, np.float64), (len(v), 3))
+    columns = [vertex_normals(v, t, n_tri), albedo, occlusion[:, None]]
+    if any_skin:  # 7-9 skin coordinates, 10 detail, 11 freckles, 12 specular, 13 shininess, 14 cornea
+      skin = mesh.skin
+      if skin is None:
+        columns += [np.zeros((len(v), 5)), np.ones((len(v), 2)), np.zeros((len(v), 1))]
+      else:
+        columns += [skin.coords, np.column_stack([skin.detail, skin.freckles, skin.specular,
+                                                  skin.shininess, skin.cornea])]
+    attributes.append(np.concatenate(columns, axis=1).astype(np.float32))
     offset += len(v)
   rgb = np.zeros((h, w, 3), np.float32)
   index = np.full((h, w), -1, np.int32)
@@ -586,8 +763,7 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     return rgb, index
   vertices, drawn, casters = np.concatenate(vertices), np.concatenate(drawn), np.concatenate(casters)
   caster_normals, caster_sided = np.concatenate(caster_normals), np.concatenate(caster_sided)
-  owner, normals = np.concatenate(owner), np.concatenate(normals)
-  albedo, occlusion = np.concatenate(albedo), np.concatenate(occlusion)
+  owner, attributes = np.concatenate(owner), np.concatenate(attributes)
   result = rasterise(vertices, drawn, shape)
   covered = result.triangle >= 0
   if not covered.any():
@@ -595,9 +771,9 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   tri = result.triangle[covered]
   who = owner[tri]
   index[covered] = who
-  # Normals, albedo and occlusion interpolated together: one gather, one weighted sum.
-  attributes = np.concatenate([normals, albedo, occlusion[:, None]], axis=1).astype(np.float32)
-  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]], result.barycentric[covered].astype(np.float32))
+  # One gather, one weighted sum.
+  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]],
+                     result.barycentric[covered].astype(np.float32))
   n = values[:, :3] / np.maximum(np.sqrt(np.sum(values[:, :3] ** 2, axis=1, keepdims=True)), 1e-12)
   two_sided = np.array([m.two_sided for m in meshes])[who]
   n[two_sided & (n[:, 2] < 0)] *= -1.0
@@ -606,6 +782,21 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   points = np.stack([cols, rows, result.depth[covered]], axis=1).astype(np.float32)
   specular = np.array([m.specular for m in meshes], np.float32)[who]
   shininess = np.array([m.shininess for m in meshes], np.float32)[who]
+  scatter = np.zeros((len(n), 3), np.float32)  # the skin's extra wrap per channel
+  corneas = []  # (pixels, their sphere normals, weights, the skin) of each mesh with open eyes
+  if any_skin:
+    specular = specular * values[:, 12]
+    shininess = shininess * values[:, 13]
+    for k, mesh in enumerate(meshes):
+      if mesh.skin is None:
+        continue
+      mine = who == k
+      scatter[mine] = mesh.skin.subsurface * np.array([1.0, 0.4, 0.25], np.float32)
+      detailed = np.nonzero(mine & (values[:, 10] > 0.01))[0]
+      a[detailed] *= _skin_detail(mesh.skin, values[detailed, 7:10], values[detailed, 10],
+                                  values[detailed, 11])
+      corneas += _cornea_normals(mesh.skin, points, np.nonzero(mine & (values[:, 14] > 0.3))[0],
+                                 values[:, 14])
   shiny = specular > 0
   colour = a * (np.asarray(lighting.ambient, np.float32) * occ[:, None])
   wrap = np.float32(lighting.wrap)
@@ -613,7 +804,6 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     l = np.asarray(light.direction, np.float64)
     l = (l / np.linalg.norm(l)).astype(np.float32)
     ndl = n @ l
-    diffuse = np.maximum((ndl + wrap) / (1.0 + wrap), 0.0)
     if light.shadows:
       # A closed surface's first hit from the light faces the light: its far side need not be drawn
       # into the map (half the work); two-sided sheets cast from both sides.
@@ -624,12 +814,46 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     else:
       visible = np.ones(len(n), np.float32)
     light_rgb = np.asarray(light.colour, np.float32)
-    colour += (diffuse * visible)[:, None] * a * light_rgb
+    if any_skin:
+      # Light scattered under the skin: wrapped further past the terminator and out of the shadows'
+      # edges, red most (visibility in (0, 1) raised to a power below 1 for red).
+      shade = (np.maximum((ndl[:, None] + wrap + scatter) / (1.0 + wrap + scatter), 0.0)
+               * visible[:, None] ** (1.0 - 2.0 * scatter))
+    else:
+      shade = (np.maximum((ndl + wrap) / (1.0 + wrap), 0.0) * visible)[:, None]
+    colour += shade * a * light_rgb
     if shiny.any():
       half = l + np.array([0.0, 0.0, 1.0], np.float32)
       half /= np.linalg.norm(half)
       cos_h = np.maximum(n @ half, np.float32(1e-6))
       highlight = specular * np.exp(shininess * np.log(cos_h)) * (ndl > 0) * visible
       colour += highlight[:, None] * light_rgb
+    for ids, normal, weight, skin in corneas:
+      half = l + np.array([0.0, 0.0, 1.0], np.float32)
+      half /= np.linalg.norm(half)
+      cos_h = np.maximum(normal @ half, np.float32(1e-6))
+      glint = (skin.cornea_specular * np.exp(np.float32(skin.cornea_shininess) * np.log(cos_h))
+               * (normal @ l > 0) * visible[ids] * weight)
+      colour[ids] += glint[:, None] * light_rgb
   rgb[covered] = colour
   return rgb, index
+
+
+def _cornea_normals(skin: SkinSurface, points: np.ndarray, ids: np.ndarray, weight: np.ndarray):
+  """[(pixel ids, (M, 3) normals of the eye's sphere there, (M,) weights, skin)]: the pixels `ids` of a
+  mesh's eyes that lie over one of its corneas, with that sphere's normal (image frame) under them."""
+  out = []
+  if not len(ids) or not len(skin.corneas):
+    return out
+  xy = points[ids, :2]
+  # Each pixel to the nearer eye, if it lies within that sphere's disc.
+  d = np.stack([np.sum((xy - c[:2].astype(np.float32)) ** 2, axis=1) for c in skin.corneas], axis=1)
+  nearest = np.argmin(d, axis=1)
+  for e, (cx, cy, _, radius) in enumerate(skin.corneas):
+    sel = (nearest == e) & (d[:, e] < np.float32(0.98 * radius * radius))
+    if not sel.any():
+      continue
+    rel = (xy[sel] - np.array([cx, cy], np.float32)) / np.float32(radius)
+    normal = np.column_stack([rel, np.sqrt(np.maximum(1.0 - np.sum(rel * rel, axis=1), 0.0))])
+    out.append((ids[sel], normal.astype(np.float32), weight[ids[sel]], skin))
+  return out

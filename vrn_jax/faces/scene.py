@@ -17,7 +17,8 @@ class SceneOptions:
   Attributes:
     photo_backgrounds: backgrounds cut from the real photos scikit-image ships, and indoor/outdoor clutter.
     other_faces: other heads partly in view behind the subject.
-    lighting: several coloured lights, cast shadows, skin highlights (off: one light, no shadows).
+    lighting: several coloured lights, cast shadows; skin with pores, freckles and highlights varying
+      over the face, eyes with catchlights (off: one light, no shadows, smooth uniform skin).
     tone: a camera tone curve (sRGB), exposure and white balance / colour casts.
     camera: defocus and motion blur, sensor noise, JPEG compression of the whole photo.
     body: neck, shoulders and clothes below the head.

@@ -326,9 +326,13 @@ def sample_face(model: MorphableModel, rng: np.random.Generator, image_size: int
                                    hair_rgb, streams["props"], scene)
   # Under a hair mesh the scalp shows its roots, a bald head its skin; without one, a painted cap.
   albedo = render.face_albedo(model, tex_para, drawn.scalp)
+  # The direction the face looks, in the image frame (y down): its corneas bulge that way.
+  forward = geometry.pose.rotation[:, 2] * np.array([1.0, -1.0, 1.0])
+  skin = render.skin_surface(model, geometry.projected, forward, texture, drawn.scalp)
   face_mesh = render.SceneMesh(geometry.projected, model.triangles, albedo, light.specular,
                                light.shininess, name="face",
-                               occlusion=render.ambient_occlusion(model) if scene.lighting else None)
+                               occlusion=render.ambient_occlusion(model) if scene.lighting else None,
+                               skin=skin if scene.lighting else None)
   meshes = [face_mesh] + drawn.meshes
   if scene.tone:  # albedos are designed as display colours (what the plain generator stores)
     meshes = [dataclasses.replace(m, albedo=camera.srgb_to_linear(m.albedo)) for m in meshes]
