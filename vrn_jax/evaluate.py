@@ -16,13 +16,15 @@ Results go to `<workdir>/eval/<step>/`: `metrics.json` (means, medians, |yaw| bi
 
 Ground truth. The examples carry the crop, the compact target volume, the 68 landmarks and the crop
 transform, not the 3DMM mesh the NME is defined on. The mesh is rebuilt exactly as the dataset builder
-made it (`GroundTruthSource`): for `synthetic` examples from the procedural generator (each example is a
-pure function of the seed and index in its name), for `300w_lp` / `aflw2000_3d` from the fits in the
-user's `--manual_dir` (the folder the dataset was built from). Each rebuilt mesh is checked against the
-example's stored crop transform and landmarks, so a generator or folder that no longer matches the dataset
-is an error, not a silently wrong score. The target volume's isosurface is *not* used as ground truth: it
-is a closed solid (face, sides, back plane) whose vertices carry no identity, so neither the face region
-nor the vertices at landmarks 37 and 46 that define the paper's normaliser exist on it.
+made it (`GroundTruthSource`): for `synthetic` examples (and the `synthetic_*` ablation sets) from the
+procedural generator (each example is a pure function of the seed and index in its name, and of the
+config's `SceneOptions`, whose `expressions` choose the expression draw), for `300w_lp` / `aflw2000_3d`
+from the fits in the user's `--manual_dir` (the folder the dataset was built from). Each rebuilt mesh is
+checked against the example's stored crop transform and landmarks, so a generator or folder that no
+longer matches the dataset is an error, not a silently wrong score. The target volume's isosurface is
+*not* used as ground truth: it is a closed solid (face, sides, back plane) whose vertices carry no
+identity, so neither the face region nor the vertices at landmarks 37 and 46 that define the paper's
+normaliser exist on it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tqdm import tqdm
 
 from vrn_jax.data import examples, pipeline, readers
 from vrn_jax.errors import InputError
+from vrn_jax.faces.scene import synthetic_configs
 from vrn_jax.files import atomic_output
 from vrn_jax.geometry import nme as nme_lib
 from vrn_jax.geometry.crop import CropTransform
@@ -107,7 +110,8 @@ class GroundTruthSource:
   """Rebuilds an example's ground-truth mesh the way the dataset builder made it (see the module doc).
 
   Args:
-    dataset_config: the vrn_faces config the examples come from ('synthetic', '300w_lp', 'aflw2000_3d').
+    dataset_config: the vrn_faces config the examples come from: 'synthetic' or any synthetic_* config
+      the builder registers (`scene.synthetic_configs`), '300w_lp', 'aflw2000_3d'.
     manual_dir: for the real-data configs, the folder the dataset was built from (photos, .mat fits and
       the 3DMM).
   """
@@ -122,6 +126,8 @@ class GroundTruthSource:
     self.manual_dir = manual_dir
     self._items = None
     self._model = None
+    # A synthetic config's scene: an ablation set has the same seeds, but its expressions may differ.
+    self.scene = synthetic_configs().get(dataset_config)
     if dataset_config in ("300w_lp", "aflw2000_3d"):
       if not manual_dir:
         raise InputError(
@@ -131,18 +137,18 @@ class GroundTruthSource:
       listing = readers.list_300w_lp if dataset_config == "300w_lp" else readers.list_aflw2000
       self._items = {item.name: item for item in listing(manual_dir)}
       self._model = readers.find_morphable_model(manual_dir)
-    elif dataset_config != "synthetic":
+    elif self.scene is None:
       raise InputError(f"no ground-truth meshes for vrn_faces config {dataset_config!r}; expected "
-                       "'synthetic', '300w_lp' or 'aflw2000_3d'.")
+                       f"one of {', '.join(synthetic_configs())}, '300w_lp' or 'aflw2000_3d'.")
 
   def _rebuild_hint(self) -> str:
-    if self.dataset_config == "synthetic":
+    if self.scene is not None:
       return ("the dataset was made by another version of the procedural generator: rebuild it (tfds build "
-              "vrn_jax/datasets/vrn_faces --config=synthetic --overwrite).")
+              f"vrn_jax/datasets/vrn_faces --config={self.dataset_config} --overwrite).")
     return f"pass the --manual_dir the vrn_faces/{self.dataset_config} dataset was built from."
 
   def __call__(self, name: str, stored_transform, stored_landmarks) -> GroundTruth:
-    if self.dataset_config == "synthetic":
+    if self.scene is not None:
       # The procedural generator (with its renderer, props, backgrounds) loads only for a synthetic split.
       from vrn_jax.faces.face_model import build_face_model  # pylint: disable=g-import-not-at-top
       from vrn_jax.faces.synthetic import sample_geometry  # pylint: disable=g-import-not-at-top
@@ -153,7 +159,8 @@ class GroundTruthSource:
                          "cannot rebuild its ground-truth mesh.")
       model = build_face_model()
       # The geometry alone (drawn first, whatever the scene): no photo is rendered.
-      face = sample_geometry(model, np.random.default_rng([int(match.group(1)), int(match.group(2))]))
+      face = sample_geometry(model, np.random.default_rng([int(match.group(1)), int(match.group(2))]),
+                             scene=self.scene)
       photo_hw, pose_para, shape_para, exp_para = ((face.image_size, face.image_size), face.pose_para,
                                                    face.shape_para, face.exp_para)
       source = "the procedural face generator"

@@ -3,6 +3,8 @@
 `SceneOptions` switches each part of the scene on or off: the default draws everything; ablations (what
 each part buys the model on real photos) turn one off at a time; `SceneOptions.plain()` is the plain
 generator: one light, no shadows, procedural backgrounds, no props, no camera effects.
+`synthetic_configs()` names each mix the vrn_faces dataset builds (and evaluation rebuilds ground truth
+for).
 """
 
 from __future__ import annotations
@@ -49,3 +51,14 @@ class SceneOptions:
     if unknown:
       raise ValueError(f"unknown scene parts {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
     return dataclasses.replace(self, **{n: False for n in names})
+
+
+def synthetic_configs() -> dict[str, SceneOptions]:
+  """The synthetic vrn_faces configs by name, all of the same seeds and sizes: 'synthetic' (every part
+  drawn), 'synthetic_plain' (the plain generator) and 'synthetic_no_<part>' (every part but one) for
+  each field of `SceneOptions`."""
+  full = SceneOptions()
+  configs = {"synthetic": full, "synthetic_plain": SceneOptions.plain()}
+  for part in dataclasses.fields(SceneOptions):
+    configs[f"synthetic_no_{part.name}"] = full.without(part.name)
+  return configs

@@ -26,7 +26,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from vrn_jax.data import pipeline
-from vrn_jax.faces.scene import SceneOptions
+from vrn_jax.faces.scene import SceneOptions, synthetic_configs
 from vrn_jax.geometry.voxelise import DEPTH_MAP_SHAPE
 
 _DESCRIPTION = """
@@ -51,20 +51,16 @@ class VrnFacesConfig(tfds.core.BuilderConfig):
 
 
 def _synthetic_configs() -> list[VrnFacesConfig]:
-  """`synthetic` (every part drawn), `synthetic_plain` (none) and one `synthetic_no_<part>` per part."""
-  full = SceneOptions()
-  configs = [
-      VrnFacesConfig(name="synthetic", description="Procedural faces (no download), every part of the "
-                     "scene drawn.", scene=dataclasses.asdict(full)),
-      VrnFacesConfig(name="synthetic_plain", description="Procedural faces, the plain generator (one "
-                     "light, no shadows, procedural backgrounds, no props, no camera effects).",
-                     scene=dataclasses.asdict(SceneOptions.plain())),
-  ]
-  for part in dataclasses.fields(SceneOptions):
-    configs.append(VrnFacesConfig(name=f"synthetic_no_{part.name}",
-                                  description=f"Procedural faces, every part but {part.name}.",
-                                  scene=dataclasses.asdict(full.without(part.name))))
-  return configs
+  """`synthetic` (every part drawn), `synthetic_plain` (none) and one `synthetic_no_<part>` per part
+  (`scene.synthetic_configs`, which evaluation's ground truth rebuilds from too)."""
+  descriptions = {
+      "synthetic": "Procedural faces (no download), every part of the scene drawn.",
+      "synthetic_plain": ("Procedural faces, the plain generator (one light, no shadows, procedural "
+                          "backgrounds, no props, no camera effects)."),
+  }
+  return [VrnFacesConfig(name=name, scene=dataclasses.asdict(scene), description=descriptions.get(
+              name, f"Procedural faces, every part but {name[len('synthetic_no_'):]}."))
+          for name, scene in synthetic_configs().items()]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
