@@ -9,6 +9,7 @@ the model's 68 landmarks so it works for any morphable model, the procedural one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 
 import numpy as np
@@ -312,9 +313,10 @@ class SkinSurface:  # pylint: disable=too-many-instance-attributes
     detail: (N,) weight of the albedo detail: 1 on skin, 0 on the eyes and inside the mouth.
     freckles: (N,) freckle density, 0 without freckles.
     moles: (K, 4) moles: centre (coords, mm) and radius (mm).
-    pores, mottle, redness: amplitudes of the fine (~1.5 mm) and medium (~5 mm) brightness variation
-      and of the medium redness variation.
-    seed: of the noise fields.
+    tint: (N, 3) albedo factors of its mottling and patches of redness (~5-7 mm: the vertices carry
+      them).
+    pores: amplitude of the fine (~1.5 mm) brightness variation, drawn per pixel.
+    seed: of the fine noise fields.
     specular: (N,) scales the mesh's highlight strength (an oilier T-zone, drier cheeks, glossy lips);
       shininess: (N,) its exponent.
     corneas: (K, 4) spheres in the image frame (centre x, y, z, radius, px): the eyes' curvature,
@@ -328,9 +330,8 @@ class SkinSurface:  # pylint: disable=too-many-instance-attributes
   detail: np.ndarray
   freckles: np.ndarray
   moles: np.ndarray
+  tint: np.ndarray
   pores: float
-  mottle: float
-  redness: float
   seed: int
   specular: np.ndarray
   shininess: np.ndarray
@@ -377,6 +378,11 @@ def skin_surface(model: MorphableModel, vertices_img: np.ndarray, forward_img: n
   if mole_count and len(skin):
     centres = layers.coords_mm[skin[(mole_pick[:mole_count] * len(skin)).astype(int)]]
     moles = np.column_stack([centres, mole_radius[:mole_count]]).astype(np.float32)
+  medium = value_noise(layers.coords_mm * np.float32(1 / 5.0), seed + 1)
+  red = value_noise(layers.coords_mm * np.float32(1 / 7.0), seed + 2)
+  tint = ((1.0 + mottle * 1.7 * medium)[:, None]
+          * (1.0 + redness * 1.7 * red[:, None] * np.array([1.0, -0.4, -0.5], np.float32)))
+  tint = 1.0 + bare[:, None] * (tint - 1.0)
   specular = (0.55 + 0.6 * layers.tzone) * (1.0 - 0.8 * layers.brows) * (1.0 - 0.85 * hair)
   specular = (specular * (1.0 - layers.lips) + 1.8 * layers.lips) * (1.0 - layers.eyes)
   shininess = 1.0 + 0.2 * layers.tzone + 1.5 * layers.lips
@@ -393,49 +399,51 @@ def skin_surface(model: MorphableModel, vertices_img: np.ndarray, forward_img: n
       corneas.append([*(eye.mean(axis=0) - 0.75 * radius * forward), radius])
   return SkinSurface(
       coords=layers.coords_mm, detail=bare, freckles=layers.freckle_zone * freckle_amount * freckled,
-      moles=moles, pores=float(pores), mottle=float(mottle), redness=float(redness), seed=seed,
+      moles=moles, tint=tint, pores=float(pores), seed=seed,
       specular=specular, shininess=shininess, corneas=np.asarray(corneas, np.float64).reshape(-1, 4),
       cornea=layers.eyes * bool(corneas), cornea_specular=float(cornea_specular),
       cornea_shininess=cornea_shininess, subsurface=float(subsurface))
 
 
-_NOISE_TABLE = np.random.default_rng(2017).uniform(-1.0, 1.0, 4096).astype(np.float32)
+_NOISE_CELLS = 64  # the lattice repeats every 64 cells (~10 cm for pores): never within a pore's view
+
+
+@functools.lru_cache(maxsize=1)
+def _noise_lattice() -> np.ndarray:
+  """(64^3,) float32 random values in [-1, 1] on a periodic lattice, drawn once (seeded)."""
+  return np.random.default_rng(2017).uniform(-1.0, 1.0, _NOISE_CELLS ** 3).astype(np.float32)
 
 
 def value_noise(points: np.ndarray, seed: int) -> np.ndarray:
   """(M,) float32 smooth noise in [-1, 1] at points (M, 3), features about one unit across: random
-  values on the integer lattice (hashed: no table of the space), blended with smoothstep weights."""
+  values on the integer lattice (a periodic table, entered at an offset chosen by `seed`), blended with
+  smoothstep weights."""
   p = np.asarray(points, np.float32)
   cell = np.floor(p)
   f = p - cell
   f = f * f * (np.float32(3.0) - np.float32(2.0) * f)
-  i = cell.astype(np.int64).astype(np.uint64)
-  primes = (np.uint64(73856093), np.uint64(19349663), np.uint64(83492791))
-  keys = [[(i[:, k] + np.uint64(d)) * primes[k] for d in (0, 1)] for k in range(3)]
-  mix = np.uint64((seed * 2654435761) % 2**64)
+  i = cell.astype(np.int32) + np.random.default_rng(seed).integers(0, _NOISE_CELLS, 3).astype(np.int32)
+  mask, n = _NOISE_CELLS - 1, _NOISE_CELLS
+  ix = [((i[:, 0] + d) & mask) * (n * n) for d in (0, 1)]
+  iy = [((i[:, 1] + d) & mask) * n for d in (0, 1)]
+  iz = [(i[:, 2] + d) & mask for d in (0, 1)]
+  gx, gy, gz = ((1 - f[:, k], f[:, k]) for k in range(3))
+  lattice = _noise_lattice()
   out = np.zeros(len(p), np.float32)
   for a in (0, 1):
-    wa = f[:, 0] if a else 1 - f[:, 0]
     for b in (0, 1):
-      wab = wa * (f[:, 1] if b else 1 - f[:, 1])
-      hab = keys[0][a] ^ keys[1][b] ^ mix
+      wab, iab = gx[a] * gy[b], ix[a] + iy[b]
       for c in (0, 1):
-        h = hab ^ keys[2][c]
-        h = (h ^ (h >> np.uint64(15))) * np.uint64(2246822519)
-        value = _NOISE_TABLE[(h >> np.uint64(20)) & np.uint64(4095)]
-        out += wab * (f[:, 2] if c else 1 - f[:, 2]) * value
+        out += wab * gz[c] * lattice.take(iab + iz[c])
   return out
 
 
 def _skin_detail(skin: SkinSurface, coords: np.ndarray, weight: np.ndarray,
                  freckles: np.ndarray) -> np.ndarray:
   """(M, 3) float32 albedo factors at M pixels (their skin coordinates (M, 3) mm, detail weights and
-  freckle densities (M,)): pores and mottling in brightness, patches of redness, freckles, moles."""
+  freckle densities (M,)): pores, freckles, moles."""
   fine = value_noise(coords * np.float32(1 / 1.5), skin.seed)
-  medium = value_noise(coords * np.float32(1 / 5.0), skin.seed + 1)
-  red = value_noise(coords * np.float32(1 / 7.0), skin.seed + 2)
-  factor = ((1.0 + skin.pores * 1.7 * fine + skin.mottle * 1.7 * medium)[:, None]
-            * (1.0 + skin.redness * 1.7 * red[:, None] * np.array([1.0, -0.4, -0.5], np.float32)))
+  factor = np.broadcast_to((1.0 + skin.pores * 1.7 * fine)[:, None], (len(fine), 3))
   brown = np.array([0.72, 0.56, 0.45], np.float32)  # melanin: a freckle or mole darkens blue most
   if freckles.max(initial=0.0) > 0:
     spots = value_noise(coords * np.float32(1 / 1.8), skin.seed + 3)
@@ -653,7 +661,9 @@ def shadow_visibility(vertices: np.ndarray, triangles: np.ndarray, points: np.nd
   # The map covers only the points to test (casters elsewhere cannot shadow them, and the rasteriser
   # drops triangles outside the map cheaply): a body reaching far out of the photo costs nothing.
   receivers = np.asarray(points, np.float32) @ frame.T.astype(np.float32)
-  lo, hi = receivers[:, :2].min(axis=0), receivers[:, :2].max(axis=0)
+  # (Column by column: numpy reduces a short trailing axis ~20x slower.)
+  lo = np.array([receivers[:, 0].min(), receivers[:, 1].min()])
+  hi = np.array([receivers[:, 0].max(), receivers[:, 1].max()])
   extent = float(np.max(hi - lo))
   scale = min(texels_per_unit, (_SHADOW_MAX_SIDE - 1) / max(extent, 1e-9))
   texel = 1.0 / scale
@@ -729,9 +739,8 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   highlights scaled over it, a red-shifted wrap of the diffuse term, and its corneas' catchlights.
   """
   h, w = shape
-  vertices, drawn, casters, owner, attributes = [], [], [], [], []
+  vertices, drawn, casters, owner, attributes, skins = [], [], [], [], [], []
   caster_normals, caster_sided = [], []
-  any_skin = any(m.skin is not None for m in meshes)
   offset = 0
   for k, mesh in enumerate(meshes):
     v = np.asarray(mesh.vertices, np.float64)
@@ -744,18 +753,17 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     caster_normals.append(n_tri)
     caster_sided.append(np.full(len(t), mesh.two_sided))
     owner.append(np.full(len(keep), k, np.int32))
-    # Per-vertex attributes, interpolated together: normal, albedo, occlusion [, the skin's].
+    # Per-vertex attributes, interpolated together: normal, albedo, occlusion.
     occlusion = np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64)
     albedo = np.broadcast_to(np.asarray(mesh.albedo, np.float64), (len(v), 3))
-    columns = [vertex_normals(v, t, n_tri), albedo, occlusion[:, None]]
-    if any_skin:  # 7-9 skin coordinates, 10 detail, 11 freckles, 12 specular, 13 shininess, 14 cornea
-      skin = mesh.skin
-      if skin is None:
-        columns += [np.zeros((len(v), 5)), np.ones((len(v), 2)), np.zeros((len(v), 1))]
-      else:
-        columns += [skin.coords, np.column_stack([skin.detail, skin.freckles, skin.specular,
-                                                  skin.shininess, skin.cornea])]
-    attributes.append(np.concatenate(columns, axis=1).astype(np.float32))
+    attributes.append(np.concatenate([vertex_normals(v, t, n_tri), albedo, occlusion[:, None]],
+                                     axis=1).astype(np.float32))
+    # A skin's, interpolated at its own pixels only: 0-2 skin coordinates, 3 detail, 4 freckles,
+    # 5 specular, 6 shininess, 7 cornea, 8-10 tint.
+    skin = mesh.skin
+    skins.append(np.zeros((len(v), 11), np.float32) if skin is None else np.column_stack(
+        [skin.coords, skin.detail, skin.freckles, skin.specular, skin.shininess, skin.cornea, skin.tint]
+    ).astype(np.float32))
     offset += len(v)
   rgb = np.zeros((h, w, 3), np.float32)
   index = np.full((h, w), -1, np.int32)
@@ -768,36 +776,41 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   covered = result.triangle >= 0
   if not covered.any():
     return rgb, index
-  tri = result.triangle[covered]
+  pixels = np.flatnonzero(covered)  # (take by index: several times faster than boolean masks here)
+  tri = result.triangle.reshape(-1).take(pixels)
   who = owner[tri]
   index[covered] = who
   # One gather, one weighted sum.
-  values = np.einsum("mkc,mk->mc", attributes[drawn[tri]],
-                     result.barycentric[covered].astype(np.float32))
-  n = values[:, :3] / np.maximum(np.sqrt(np.sum(values[:, :3] ** 2, axis=1, keepdims=True)), 1e-12)
+  corners = drawn[tri]
+  barycentric = np.take(result.barycentric.reshape(-1, 3), pixels, axis=0).astype(np.float32)
+  values = np.einsum("mkc,mk->mc", attributes[corners], barycentric)
+  length = np.sqrt(values[:, 0] ** 2 + values[:, 1] ** 2 + values[:, 2] ** 2)  # (see shadow_visibility)
+  n = values[:, :3] / np.maximum(length, 1e-12)[:, None]
   two_sided = np.array([m.two_sided for m in meshes])[who]
   n[two_sided & (n[:, 2] < 0)] *= -1.0
   a, occ = values[:, 3:6], values[:, 6]
-  rows, cols = np.nonzero(covered)
-  points = np.stack([cols, rows, result.depth[covered]], axis=1).astype(np.float32)
+  rows, cols = np.divmod(pixels, w)
+  points = np.stack([cols, rows, result.depth.reshape(-1).take(pixels)], axis=1).astype(np.float32)
   specular = np.array([m.specular for m in meshes], np.float32)[who]
   shininess = np.array([m.shininess for m in meshes], np.float32)[who]
-  scatter = np.zeros((len(n), 3), np.float32)  # the skin's extra wrap per channel
-  corneas = []  # (pixels, their sphere normals, weights, the skin) of each mesh with open eyes
-  if any_skin:
-    specular = specular * values[:, 12]
-    shininess = shininess * values[:, 13]
-    for k, mesh in enumerate(meshes):
-      if mesh.skin is None:
-        continue
-      mine = who == k
-      scatter[mine] = mesh.skin.subsurface * np.array([1.0, 0.4, 0.25], np.float32)
-      detailed = np.nonzero(mine & (values[:, 10] > 0.01))[0]
-      a[detailed] *= _skin_detail(mesh.skin, values[detailed, 7:10], values[detailed, 10],
-                                  values[detailed, 11])
-      corneas += _cornea_normals(mesh.skin, points, np.nonzero(mine & (values[:, 14] > 0.3))[0],
-                                 values[:, 14])
-  shiny = specular > 0
+  skins = np.concatenate(skins)
+  scattering = []  # (pixels, extra wrap per channel) of each skin
+  corneas = []  # (pixels, their sphere normals, weights, the skin) of each skin with open eyes
+  for k, mesh in enumerate(meshes):
+    if mesh.skin is None:
+      continue
+    ids = np.flatnonzero(who == k)
+    skin_values = np.einsum("mkc,mk->mc", skins[corners[ids]], barycentric[ids])
+    specular[ids] *= skin_values[:, 5]
+    shininess[ids] *= skin_values[:, 6]
+    scattering.append((ids, mesh.skin.subsurface * np.array([1.0, 0.4, 0.25], np.float32)))
+    a[ids] *= skin_values[:, 8:11]
+    detailed = np.flatnonzero(skin_values[:, 3] > 0.01)
+    a[ids[detailed]] *= _skin_detail(mesh.skin, skin_values[detailed, :3], skin_values[detailed, 3],
+                                     skin_values[detailed, 4])
+    eyes = np.flatnonzero(skin_values[:, 7] > 0.3)
+    corneas += _cornea_normals(mesh.skin, points, ids[eyes], skin_values[eyes, 7])
+  shiny = np.flatnonzero(specular > 0)
   colour = a * (np.asarray(lighting.ambient, np.float32) * occ[:, None])
   wrap = np.float32(lighting.wrap)
   for light in lighting.lights:
@@ -808,29 +821,30 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
       # A closed surface's first hit from the light faces the light: its far side need not be drawn
       # into the map (half the work); two-sided sheets cast from both sides.
       cast = casters[caster_sided | (caster_normals @ l > 0)]
-      # Softer shadows need no finer map than about a texel per penumbra's third.
-      resolution = float(np.clip(1.5 / max(light.penumbra_px, 1e-3), 0.2, _SHADOW_SCALE))
+      # Softer shadows need no finer map than a texel per penumbra (the filter's disc then spans three
+      # texels): the map's cost grows with its texels, and most lights' penumbrae are several pixels.
+      resolution = float(np.clip(1.0 / max(light.penumbra_px, 1e-3), 0.2, _SHADOW_SCALE))
       visible = shadow_visibility(vertices, cast, points, n, l, light.penumbra_px, resolution)
     else:
       visible = np.ones(len(n), np.float32)
     light_rgb = np.asarray(light.colour, np.float32)
-    if any_skin:
+    shade = np.maximum((ndl + wrap) / (1.0 + wrap), 0.0) * visible
+    colour += shade[:, None] * a * light_rgb
+    for ids, scatter in scattering:
       # Light scattered under the skin: wrapped further past the terminator and out of the shadows'
-      # edges, red most (visibility in (0, 1) raised to a power below 1 for red).
-      shade = (np.maximum((ndl[:, None] + wrap + scatter) / (1.0 + wrap + scatter), 0.0)
-               * visible[:, None] ** (1.0 - 2.0 * scatter))
-    else:
-      shade = (np.maximum((ndl + wrap) / (1.0 + wrap), 0.0) * visible)[:, None]
-    colour += shade * a * light_rgb
-    if shiny.any():
-      half = l + np.array([0.0, 0.0, 1.0], np.float32)
-      half /= np.linalg.norm(half)
-      cos_h = np.maximum(n @ half, np.float32(1e-6))
-      highlight = specular * np.exp(shininess * np.log(cos_h)) * (ndl > 0) * visible
-      colour += highlight[:, None] * light_rgb
+      # edges, red most (visibility in (0, 1) raised, 1 and 0 kept).
+      seen = visible[ids, None]
+      wrapped = (np.maximum((ndl[ids, None] + wrap + scatter) / (1.0 + wrap + scatter), 0.0)
+                 * (seen + 2.0 * scatter * seen * (1.0 - seen)))
+      colour[ids] += (wrapped - shade[ids, None]) * a[ids] * light_rgb
+    half = l + np.array([0.0, 0.0, 1.0], np.float32)
+    half /= np.linalg.norm(half)
+    if len(shiny):  # (most pixels, hair and clothes, have no highlight)
+      cos_h = np.maximum(n[shiny] @ half, np.float32(1e-6))
+      highlight = (specular[shiny] * np.exp(shininess[shiny] * np.log(cos_h)) * (ndl[shiny] > 0)
+                   * visible[shiny])
+      colour[shiny] += highlight[:, None] * light_rgb
     for ids, normal, weight, skin in corneas:
-      half = l + np.array([0.0, 0.0, 1.0], np.float32)
-      half /= np.linalg.norm(half)
       cos_h = np.maximum(normal @ half, np.float32(1e-6))
       glint = (skin.cornea_specular * np.exp(np.float32(skin.cornea_shininess) * np.log(cos_h))
                * (normal @ l > 0) * visible[ids] * weight)
@@ -840,8 +854,9 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
 
 
 def _cornea_normals(skin: SkinSurface, points: np.ndarray, ids: np.ndarray, weight: np.ndarray):
-  """[(pixel ids, (M, 3) normals of the eye's sphere there, (M,) weights, skin)]: the pixels `ids` of a
-  mesh's eyes that lie over one of its corneas, with that sphere's normal (image frame) under them."""
+  """[(pixel ids, (M, 3) normals of the eye's sphere there, (M,) weights, skin)]: of the pixels `ids` of
+  a mesh's eyes (`weight` each), those over one of its corneas, with that sphere's normal (image frame)
+  under them."""
   out = []
   if not len(ids) or not len(skin.corneas):
     return out
@@ -855,5 +870,5 @@ def _cornea_normals(skin: SkinSurface, points: np.ndarray, ids: np.ndarray, weig
       continue
     rel = (xy[sel] - np.array([cx, cy], np.float32)) / np.float32(radius)
     normal = np.column_stack([rel, np.sqrt(np.maximum(1.0 - np.sum(rel * rel, axis=1), 0.0))])
-    out.append((ids[sel], normal.astype(np.float32), weight[ids[sel]], skin))
+    out.append((ids[sel], normal.astype(np.float32), weight[sel], skin))
   return out

@@ -76,9 +76,10 @@ def _fragments(vertices: np.ndarray, triangles: np.ndarray,
   u_lo, v_lo = u_lo[ids].astype(np.int64), v_lo[ids].astype(np.int64)
   u_hi = u_hi[ids].astype(np.int64)
   nv = v_hi[ids].astype(np.int64) - v_lo + 1
-  # Candidates are taken row by row, within each row only around the triangle's span on it (one pixel
-  # of margin either side; the exact test below decides): a long thin triangle (a strand of hair, a
-  # sliver at a silhouette) costs its area, not its bounding box.
+  # Candidates are taken row by row, within each row only the centres within half a pixel of the
+  # triangle's span on it (a margin far above rounding, and above the inside test's tolerance, which
+  # decides): a long thin triangle (a strand of hair, a sliver at a silhouette) costs its area, not its
+  # bounding box, and a small one a centre or two per row.
   for a, b in _chunks(nv):
     c = nv[a:b]
     row_tid = np.repeat(ids[a:b], c)
@@ -86,8 +87,8 @@ def _fragments(vertices: np.ndarray, triangles: np.ndarray,
                                        - np.repeat(np.cumsum(c) - c, c))
     left, right = _row_spans(x0[row_tid], y0[row_tid], x1[row_tid], y1[row_tid], x2[row_tid],
                              y2[row_tid], row_v.astype(np.float64))
-    lo = np.maximum(np.floor(left) - 1, np.repeat(u_lo[a:b], c))
-    hi = np.minimum(np.ceil(right) + 1, np.repeat(u_hi[a:b], c))
+    lo = np.maximum(np.ceil(left - 0.5), np.repeat(u_lo[a:b], c))
+    hi = np.minimum(np.floor(right + 0.5), np.repeat(u_hi[a:b], c))
     with np.errstate(invalid="ignore"):  # NaN: the row misses the triangle
       hit = hi >= lo
     row_u = np.where(hit, lo, 0.0).astype(np.int64)
@@ -105,10 +106,10 @@ def _fragments(vertices: np.ndarray, triangles: np.ndarray,
       w0 = ((ax1 - pu) * (ay2 - pv) - (ax2 - pu) * (ay1 - pv)) / ar
       w1 = ((ax2 - pu) * (ay0 - pv) - (ax0 - pu) * (ay2 - pv)) / ar
       w2 = 1.0 - w0 - w1
-      inside = (w0 >= _INSIDE_EPS) & (w1 >= _INSIDE_EPS) & (w2 >= _INSIDE_EPS)
-      tid, w0, w1, w2 = tid[inside], w0[inside], w1[inside], w2[inside]
+      inside = np.flatnonzero((w0 >= _INSIDE_EPS) & (w1 >= _INSIDE_EPS) & (w2 >= _INSIDE_EPS))
+      tid, w0, w1, w2 = tid.take(inside), w0.take(inside), w1.take(inside), w2.take(inside)
       z = w0 * z0[tid] + w1 * z1[tid] + w2 * z2[tid]
-      pixel = pv[inside].astype(np.int64) * w + pu[inside].astype(np.int64)
+      pixel = pv.take(inside).astype(np.int64) * w + pu.take(inside).astype(np.int64)
       yield _Fragments(tid, pixel, w0, w1, w2, z)
 
 
