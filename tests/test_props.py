@@ -289,6 +289,25 @@ def test_glasses_surround_the_eyes(model, monkeypatch):
     assert near.any() and np.all(p[near, 2] > lm[36:48, 2].max())
 
 
+def test_spectacle_frames_cast_no_shadow(model, monkeypatch):
+  """A frame's wire is narrower than a light's penumbra: where the face shows, it is lit as without the
+  glasses (a coarse shadow map would draw the wires' shadows as broken dark streaks across the cheek)."""
+  monkeypatch.setattr(props, "GLASSES_RATE", 1.0)
+  monkeypatch.setattr(props, "SUNGLASSES_SHARE", 0.0)
+  light = render.Lighting(np.full(3, 0.2), (render.Light(np.array([0.6, -0.3, 0.5]), np.ones(3),
+                                                         penumbra_px=3.0),))
+  for seed in range(3):
+    vertices_img, pose, meshes = draw(model, seed, only("glasses"), yaw_deg=[-20.0, 0.0, 25.0][seed])
+    face = render.SceneMesh(vertices_img, model.triangles, np.full((model.num_vertices, 3), 0.7))
+    alone, alone_index = render.render_scene([face], light, (SIZE, SIZE))
+    both, index = render.render_scene([face] + meshes, light, (SIZE, SIZE))
+    shown = (index == 0) & (alone_index == 0)
+    assert np.count_nonzero(index > 0) > 200
+    # (The map's texels shift with what else is drawn: a little dither at shadow edges, no streaks.)
+    darker = (alone - both)[shown][:, 1]
+    assert np.count_nonzero(darker > 0.15) == 0, (seed, np.count_nonzero(darker > 0.15), darker.max())
+
+
 def test_occluder_in_front_and_share(model, monkeypatch):
   monkeypatch.setattr(props, "OCCLUDER_RATE", 1.0)
   kinds = 0

@@ -1002,9 +1002,10 @@ def _glasses(geo: HeadGeometry, rng: np.random.Generator) -> list[SceneMesh]:
     hook = path[-1] + np.array([[0.0, -6.0, -8.0], [0.0, -16.0, -12.0]])
     path = np.concatenate([path, hook])
     tubes.add(*_tube(path, 1.3 if not flat else 1.8, sides=6), colour)
-  meshes = _scene_mesh(geo, tubes, "glasses", specular=specular, shininess=shininess)
-  meshes += _scene_mesh(geo, sheets, "glasses", specular=specular, shininess=shininess,
-                        two_sided=True)
+  # The frame's wires and thin sheets cast no shadow (`SceneMesh.casts_shadows`); dark lenses do.
+  frame = {"specular": specular, "shininess": shininess, "casts_shadows": False}
+  meshes = _scene_mesh(geo, tubes, "glasses", **frame)
+  meshes += _scene_mesh(geo, sheets, "glasses", two_sided=True, **frame)
   meshes += _scene_mesh(geo, lenses, "glasses", specular=0.8, shininess=80.0, two_sided=True)
   return meshes
 

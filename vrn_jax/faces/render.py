@@ -39,6 +39,9 @@ class SceneMesh:
     name: what it is ('face', 'body', 'hair', 'glasses', 'occluder', 'other_face').
     occlusion: optional (N,) ambient visibility in [0, 1] (`ambient_occlusion`): how much of the sky
       each vertex sees; None is 1 everywhere.
+    casts_shadows: False for parts too thin to cast a shadow a photo shows (a spectacle frame's wire,
+      narrower than a light's penumbra, only dims what is behind it; in a coarse shadow map it would
+      leave broken dark streaks).
     skin: optional `SkinSurface`: detail finer than the vertices and gloss varying over them (a face).
   """
 
@@ -50,6 +53,7 @@ class SceneMesh:
   two_sided: bool = False
   name: str = ""
   occlusion: np.ndarray | None = None
+  casts_shadows: bool = True
   skin: SkinSurface | None = None
 
 
@@ -129,6 +133,8 @@ class _AlbedoLayers:
   coords_mm: np.ndarray
   tzone: np.ndarray
   freckle_zone: np.ndarray
+  lid_line: np.ndarray
+  socket: np.ndarray
 
 
 _LAYER_CACHE: dict[int, tuple[weakref.ref, _AlbedoLayers]] = {}
@@ -171,7 +177,7 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
     d, arc = _polyline_distance(xy, lm[list(ids), :2])
     brows = np.maximum(brows, _soft((1.6 + 1.6 * arc) * u - d, 1.6 * u) * front)
 
-  eyes, iris, pupil, lash = (np.zeros(len(xy)) for _ in range(4))
+  eyes, iris, pupil, lash, lid_line, socket = (np.zeros(len(xy)) for _ in range(6))
   for ids in (range(36, 42), range(42, 48)):
     poly = lm[list(ids), :2]
     d, _ = _polyline_distance(xy, np.concatenate([poly, poly[:1]]))
@@ -182,6 +188,12 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
     pupil = np.maximum(pupil, _soft(0.08 * width - r, 1.2 * u))
     lid, _ = _polyline_distance(xy, poly[[0, 1, 2, 3]])
     lash = np.maximum(lash, _soft(1.3 * u - lid, 1.2 * u) * front)
+    # The upper lid's margin with its lashes (darker and wider than `lash` paints it), and the
+    # socket's fold above it: shade that the mesh, without lids, cannot cast.
+    above = xy[:, 1] > poly[[0, 3], 1].mean() - 1.0 * u
+    lid_line = np.maximum(lid_line, _soft(2.4 * u - lid, 1.2 * u) * front * above)
+    socket = np.maximum(socket, _soft(lid - 3.0 * u, 2.0 * u) * _soft(10.0 * u - lid, 3.0 * u) * front
+                        * above)
 
   nostrils = np.zeros(len(xy))
   for a, b in ((31, 32), (35, 34)):
@@ -224,7 +236,8 @@ def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
                                     bump(lm[[1, 3, 31]].mean(axis=0)[:2], 20, 16),
                                     bump(lm[[15, 13, 35]].mean(axis=0)[:2], 20, 16)]) * front
   return _AlbedoLayers(blotches, blush, lips, brows, eyes, iris, pupil, lash, nostrils,
-                       interior, teeth, hair, (mean / u).astype(np.float32), tzone, freckle_zone)
+                       interior, teeth, hair, (mean / u).astype(np.float32), tzone, freckle_zone,
+                       lid_line, socket)
 
 
 def _mix(base, colour, weight):
@@ -383,6 +396,7 @@ def skin_surface(model: MorphableModel, vertices_img: np.ndarray, forward_img: n
   tint = ((1.0 + mottle * 1.7 * medium)[:, None]
           * (1.0 + redness * 1.7 * red[:, None] * np.array([1.0, -0.4, -0.5], np.float32)))
   tint = 1.0 + bare[:, None] * (tint - 1.0)
+  tint = tint * (1.0 - 0.5 * layers.lid_line - 0.12 * layers.socket)[:, None]
   specular = (0.55 + 0.6 * layers.tzone) * (1.0 - 0.8 * layers.brows) * (1.0 - 0.85 * hair)
   specular = (specular * (1.0 - layers.lips) + 1.8 * layers.lips) * (1.0 - layers.eyes)
   shininess = 1.0 + 0.2 * layers.tzone + 1.5 * layers.lips
@@ -718,6 +732,9 @@ def ambient_occlusion(model: MorphableModel) -> np.ndarray:
     seen[front] += weight[front] * vis
     total += weight
   occlusion = np.clip(seen / np.maximum(total, 1e-9), 0.0, 1.0)
+  # The mean face's lips are closed, so its mouth's inside sees nothing; an open mouth lets the room's
+  # light in (the inside of a mouth in a photo is dark red, teeth grey, not black).
+  occlusion = np.maximum(occlusion, 0.4 * _albedo_layers(model).interior)
   if len(_AO_CACHE) >= 8:
     _AO_CACHE.clear()
   _AO_CACHE[id(model)] = (weakref.ref(model), occlusion)
@@ -734,9 +751,10 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
   from the camera (closed surfaces and open face shells, as `render_layers`); a two-sided one keeps
   them and is shaded on the side facing the camera. Each pixel gets albedo * (ambient * occlusion +
   sum over lights of colour * wrapped n.l * shadow) plus, per light, a Blinn-Phong highlight of the
-  mesh's `specular` and `shininess` in the light's colour, also shadowed. Every mesh drawn casts shadows,
-  both sides of every triangle. A mesh with a `skin` surface also gets its per-pixel albedo detail,
-  highlights scaled over it, a red-shifted wrap of the diffuse term, and its corneas' catchlights.
+  mesh's `specular` and `shininess` in the light's colour, also shadowed. Every mesh drawn casts shadows
+  (unless it does not `casts_shadows`), both sides of every triangle. A mesh with a `skin` surface also
+  gets its per-pixel albedo detail, highlights scaled over it, a red-shifted wrap of the diffuse term,
+  and its corneas' catchlights.
   """
   h, w = shape
   vertices, drawn, casters, owner, attributes, skins = [], [], [], [], [], []
@@ -749,9 +767,10 @@ def render_scene(meshes: list[SceneMesh], lighting: Lighting,
     keep = t if mesh.two_sided else t[n_tri[:, 2] > 0]
     vertices.append(v)
     drawn.append(keep + offset)
-    casters.append(t + offset)
-    caster_normals.append(n_tri)
-    caster_sided.append(np.full(len(t), mesh.two_sided))
+    cast = t if mesh.casts_shadows else t[:0]
+    casters.append(cast + offset)
+    caster_normals.append(n_tri[: len(cast)])
+    caster_sided.append(np.full(len(cast), mesh.two_sided))
     owner.append(np.full(len(keep), k, np.int32))
     # Per-vertex attributes, interpolated together: normal, albedo, occlusion.
     occlusion = np.ones(len(v)) if mesh.occlusion is None else np.asarray(mesh.occlusion, np.float64)
