@@ -75,10 +75,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "voxels (issue 3)."),
       "2.0.0": ("Synthetic photos look like photos: backgrounds from real photographs and rooms, 1-3 "
                 "coloured lights with cast shadows, a tone curve with metered exposure and white balance, "
-                "lens and sensor effects and JPEG, body/hair/glasses/occluders drawn with the face, other "
-                "heads behind it, closed eyes, smiles and wider mouths; appearance drawn from its own "
-                "generators after the geometry. Every image changes; poses and identities stay, "
-                "expressions widen. Ablation configs synthetic_plain and synthetic_no_<part>."),
+                "lens and sensor effects and JPEG, body/hair/glasses/occluders drawn with the face (the "
+                "scalp under the hair its roots, no painted cap), other heads behind it with hair and "
+                "bodies, skin with pores, freckles and highlights varying over the face, catchlights in "
+                "the eyes, closed eyes, smiles and wider mouths; no people in the photo backgrounds; "
+                "appearance drawn from its own generators after the geometry. Every image changes; poses "
+                "and identities stay, expressions widen. Ablation configs synthetic_plain and "
+                "synthetic_no_<part>, with ground truth for evaluation."),
   }
   BUILDER_CONFIGS = _synthetic_configs() + [
       VrnFacesConfig(name="300w_lp", description="300W-LP from --manual_dir (train)."),
