@@ -144,13 +144,16 @@ def test_synthetic_ablation_configs_share_seeds_and_sizes(tmp_path, monkeypatch)
   import dataclasses
 
   from vrn_jax.datasets.vrn_faces import Builder, VrnFacesConfig, vrn_faces_dataset_builder
-  from vrn_jax.faces.scene import SceneOptions
+  from vrn_jax.faces.scene import ABLATION_GROUPS, SceneOptions
 
   parts = [f.name for f in dataclasses.fields(SceneOptions)]
   names = {c.name for c in Builder.BUILDER_CONFIGS}
   assert {"synthetic", "synthetic_plain"} | {f"synthetic_no_{p}" for p in parts} <= names
   assert Builder.builder_configs["synthetic_no_camera"].scene == dataclasses.asdict(
       SceneOptions().without("camera"))
+  for group, group_parts in ABLATION_GROUPS.items():  # a group's parts off, every other part on
+    scene = Builder.builder_configs[f"synthetic_no_{group}"].scene
+    assert sorted(p for p, on in scene.items() if not on) == sorted(group_parts)
   monkeypatch.setattr(vrn_faces_dataset_builder, "_SYNTHETIC_SIZES", {"train": 2, "test": 1})
   monkeypatch.setenv("VRN_FACES_NUM_WORKERS", "1")
   plain = dataclasses.asdict(SceneOptions.plain())

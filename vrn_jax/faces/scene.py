@@ -53,12 +53,23 @@ class SceneOptions:
     return dataclasses.replace(self, **{n: False for n in names})
 
 
+# Parts that belong together, ablated as one (each ablation costs a dataset build and a training run).
+ABLATION_GROUPS = {
+    "backgrounds": ("photo_backgrounds", "other_faces"),
+    "light": ("lighting", "tone"),
+    "person": ("body", "hair"),
+    "accessories": ("glasses", "occluders"),
+}
+
+
 def synthetic_configs() -> dict[str, SceneOptions]:
   """The synthetic vrn_faces configs by name, all of the same seeds and sizes: 'synthetic' (every part
-  drawn), 'synthetic_plain' (the plain generator) and 'synthetic_no_<part>' (every part but one) for
-  each field of `SceneOptions`."""
+  drawn), 'synthetic_plain' (the plain generator), 'synthetic_no_<part>' (every part but one) for each
+  field of `SceneOptions` and 'synthetic_no_<group>' (every part but a group of `ABLATION_GROUPS`)."""
   full = SceneOptions()
   configs = {"synthetic": full, "synthetic_plain": SceneOptions.plain()}
   for part in dataclasses.fields(SceneOptions):
     configs[f"synthetic_no_{part.name}"] = full.without(part.name)
+  for group, parts in ABLATION_GROUPS.items():
+    configs[f"synthetic_no_{group}"] = full.without(*parts)
   return configs
