@@ -41,8 +41,10 @@ def train(workdir: str, steps: int, overrides: list[str]) -> tuple[float | None,
   # it as a fraction of the steps needs the size: the default's 4,000 training faces.
   train_size = 4000
   epochs = DECAY_AT * steps * 8 / train_size
-  command = [sys.executable, "run_train.py", f"--workdir={workdir}", f"--config.num_train_steps={steps}",
-             f"--config.optim.decay_epochs=({epochs:.6g},)", *overrides]
+  config_file = [o for o in overrides if o.startswith("--config=")]  # e.g. configs/default.py:multitask
+  command = [sys.executable, "run_train.py", f"--workdir={workdir}", *config_file,
+             f"--config.num_train_steps={steps}", f"--config.optim.decay_epochs=({epochs:.6g},)",
+             *(o for o in overrides if o not in config_file)]
   print("$", " ".join(command), flush=True)
   start = time.perf_counter()
   out = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -307,14 +307,15 @@ def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
 
 
 def test_schedules_and_paper_configs():
-  """The paper configs keep the paper's stem, loss, optimisation and augmentation whatever the CPU
+  """The paper configs keep the paper's stem, head, loss, optimisation and augmentation whatever the CPU
   default uses;
   'step' multiplies by decay_factor at each boundary, 'cosine' decays to learning_rate * decay_factor;
   an unknown schedule is an error naming the field."""
   import importlib
 
   from vrn_jax import files
-  from vrn_jax.training import optimizers
+  from vrn_jax.data import augment
+  from vrn_jax.training import optimizers, steps
 
   default = importlib.import_module("configs.default").get_config()
   for name in ("vrn", "vrn_multitask", "vrn_guided"):
@@ -325,7 +326,8 @@ def test_schedules_and_paper_configs():
             tuple(c.augment.scale_range), c.augment.flip_probability, tuple(c.augment.colour_range)) == (
                 True, 45.0, 15.0, (0.85, 1.15), 0.2, (0.6, 1.4)), name
     assert (c.model.stem, c.model.body_stride, c.model.depth, c.loss_stride, c.model.features,
-            c.ema_decay) == ("conv7x7", 1, 4, 1, 256, 0.0), name
+            c.ema_decay, c.model.head_upsample) == ("conv7x7", 1, 4, 1, 256, 0.0, "logits"), name
+    assert steps.augment_config(c) == augment.AugmentConfig(), name  # the paper's, nothing else
   paper = importlib.import_module("configs.vrn").get_config()
   step = optimizers.learning_rate_schedule(paper, steps_per_epoch=10)
   np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],

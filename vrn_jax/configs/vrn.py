@@ -12,6 +12,7 @@ def get_config(arg: str | None = None):
   config.model.topology = "release" if arg == "release" else "standard"
   config.model.stem = "conv7x7"  # the paper's and the release's stem (the CPU default's is cheaper)
   config.model.body_stride = 1   # hourglasses at 48x48 (the CPU default runs them at 24x24)
+  config.model.head_upsample = "logits"  # the paper's and the release's head (the CPU default's differs)
   config.loss_stride = 1         # the loss on every voxel of every example, as in the paper
   config.ema_decay = 0.0         # the paper evaluates the trained weights themselves
   # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
@@ -22,7 +23,9 @@ def get_config(arg: str | None = None):
   config.optim.decay_factor = 0.1
   config.optim.momentum = 0.0
   config.augment.update(dict(enabled=True, rotation_deg=45.0, translation_px=15.0, scale_range=(0.85, 1.15),
-                             flip_probability=0.2, colour_range=(0.6, 1.4)))
+                             flip_probability=0.2, colour_range=(0.6, 1.4), brightness=0.0,
+                             contrast_range=(1.0, 1.0), saturation_range=(1.0, 1.0), blur_sigma_px=0.0,
+                             noise_std=0.0, occlusion_probability=0.0))
   config.num_epochs = 50.0
   config.global_batch_size = 32
   config.log_every_steps = 100
