@@ -467,7 +467,9 @@ def test_ground_truth_of_the_ablation_sets():
   from vrn_jax.faces.scene import SceneOptions
 
   synthetic = [c for c in Builder.BUILDER_CONFIGS if c.scene is not None]
-  assert len(synthetic) == 12
+  # synthetic, synthetic_plain, one synthetic_no_<part> per scene part (10), one per group of parts (4).
+  assert len(synthetic) == 16 and {"synthetic_no_backgrounds", "synthetic_no_person"} <= {
+      c.name for c in synthetic}
   for config in synthetic:
     assert evaluate.GroundTruthSource(config.name).scene == SceneOptions(**config.scene)
   # synthetic_plain (cheap to make: no props, no camera) draws the narrower expressions.

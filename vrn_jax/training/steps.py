@@ -170,11 +170,14 @@ def train_step(config, model, schedule, state: TrainState, batch: dict, rng: jax
   # The largest |weight| (|gradient|) rather than a norm, which could overflow where every one is finite.
   metrics["max_abs_weight"] = optax.tree_utils.tree_norm(new.params, ord=jnp.inf)
   metrics["max_abs_gradient"] = optax.tree_utils.tree_norm(grads, ord=jnp.inf)
-  # A step with a non-finite loss, gradient or new weight is skipped on the device: the weights,
-  # optimiser state, statistics and average stay as they were and only the step count moves on (the
-  # data order follows it). The host then stops training or counts the skip (config.max_nonfinite_steps).
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["max_abs_gradient"]) & jnp.isfinite(
-      metrics["max_abs_weight"])
+  # A step with a non-finite loss, gradient, new weight or new BatchNorm statistic is skipped on the
+  # device: the weights, optimiser state, statistics and average stay as they were and only the step
+  # count moves on (the data order follows it). The host then stops training or counts the skip
+  # (config.max_nonfinite_steps). The statistics need their own check: huge but finite weights can give
+  # a finite loss (BatchNorm rescales the activations) while the batch variance overflows to inf.
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["max_abs_gradient"])
+            & jnp.isfinite(metrics["max_abs_weight"])
+            & jnp.isfinite(optax.tree_utils.tree_norm(new.batch_stats, ord=jnp.inf)))
   kept = state.replace(step=new.step)
   new = jax.lax.cond(finite, lambda: new, lambda: kept)
   metrics["skipped"] = jnp.logical_not(finite).astype(jnp.int32)
