@@ -8,7 +8,8 @@ import sys
 # and the other tests' threads made some NumPy-heavy tests 10-25x slower. Set before NumPy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# One persistent XLA compilation cache for the session, inherited by the tests' subprocesses: the
+# One persistent XLA compilation cache for the session, inherited by the tests' subprocesses and the
+# xdist workers (pyproject's addopts; the controller loads this file before it starts them): the
 # training tests run the same small step in several runs (resume, moving average, workdir errors), each
 # of which would otherwise compile it afresh. A new empty folder each session, removed at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
