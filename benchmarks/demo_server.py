@@ -1,5 +1,6 @@
 """`run_demo.py` in a subprocess on a free loopback port: started, waited for and stopped in one place for
-the web tests (tests/test_web.py, tests/test_web_faults.py) and the benchmark (benchmarks/demo.py).
+the web tests (tests/test_web.py, tests/test_web_faults.py), the benchmark (benchmarks/demo.py) and the
+README's screenshot (data_prep/demo_screenshot.py); the chromium they drive the page with.
 
   with DemoServer(workdir, "--max_upload_mb=3") as server:
     server.url, server.port, server.proc, server.rss_mib()
@@ -22,6 +23,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_LINE = "3D selfie ready"
+# The browser that drives the page (the browser tests, data_prep/demo_screenshot.py): Debian's chromium
+# through Playwright, headless as root, WebGL on SwiftShader (no GPU), and none of its background
+# connections (the tests fail on any request to another host).
+CHROMIUM = os.environ.get("VRN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 def free_port() -> int:

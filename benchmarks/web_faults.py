@@ -112,27 +112,10 @@ def post_photo(port: int, data: bytes, name: str, timeout: float = 60):
     return status, None
 
 
-def read_reply(sock: socket.socket) -> tuple[int | None, bytes]:
-  """(status, body) of an HTTP reply read off a raw socket (status None: closed before one came)."""
-  data = b""
-  while True:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if sep:
-      length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
-                     if l.lower().startswith(b"content-length:")), 0)
-      if len(body) >= length:
-        return int(head.split(b" ", 2)[1]), body[:length]
-    try:
-      more = sock.recv(65536)
-    except ConnectionResetError:
-      more = b""
-    if not more:
-      return (int(head.split(b" ", 2)[1]) if sep else None), body
-    data += more
-
-
-def read_reply_slowly(sock: socket.socket, bytes_per_s: float) -> tuple[int | None, bytes]:
-  """`read_reply` by a client that takes at most `bytes_per_s` (a slow connection that keeps moving)."""
+def read_reply(sock: socket.socket, bytes_per_s: float | None = None) -> tuple[int | None, bytes]:
+  """(status, body) of an HTTP reply read off a raw socket (status None: closed before one came); with
+  `bytes_per_s`, by a client that takes at most that many bytes a second (a slow connection that keeps
+  moving)."""
   data, step = b"", 0.1
   while True:
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -141,11 +124,15 @@ def read_reply_slowly(sock: socket.socket, bytes_per_s: float) -> tuple[int | No
                      if l.lower().startswith(b"content-length:")), 0)
       if len(body) >= length:
         return int(head.split(b" ", 2)[1]), body[:length]
-    more = sock.recv(max(1, int(bytes_per_s * step)))
+    try:
+      more = sock.recv(65536 if bytes_per_s is None else max(1, int(bytes_per_s * step)))
+    except ConnectionResetError:
+      more = b""
     if not more:
       return (int(head.split(b" ", 2)[1]) if sep else None), body
     data += more
-    time.sleep(step)
+    if bytes_per_s is not None:
+      time.sleep(step)
 
 
 def status(port: int) -> dict:

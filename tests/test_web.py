@@ -19,15 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.demo_server import DemoServer
+from benchmarks.demo_server import CHROMIUM, CHROMIUM_ARGS, DemoServer
 from conftest import REPO, fixtures_dir, save_slab_checkpoint
 
 SLAB_DEPTH = 120
-CHROMIUM = os.environ.get("VRN_CHROMIUM", "/usr/bin/chromium")
-# Headless Chromium as root, WebGL on SwiftShader (no GPU), and none of its background connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--use-angle=swiftshader",
-                 "--enable-unsafe-swiftshader", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
