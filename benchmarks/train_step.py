@@ -6,7 +6,7 @@ Sizes: 'paper' (configs/vrn.py: two standard hourglasses of 256 features, depth 
 is for the tests (`--tiny`).
 
 Rows per size, in examples/s:
-- ours, train_step: `vrn_jax.train.train_step` under `jax.pmap` exactly as run_train.py runs it:
+- ours, train_step: `vrn_jax.training.steps.train_step` under `jax.pmap` exactly as run_train.py runs it:
   augmentation and the dense targets are made on the device from compact examples. The batch stays on
   the device between steps (the host pipeline has its own rows in the 'pipeline' suite).
 - ours, model step: forward + backward + RMSProp on ready images and dense targets, jitted: the same work
