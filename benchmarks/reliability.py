@@ -123,7 +123,8 @@ def soak(kills: int, steps: int, seed: int) -> dict:
       download_config=tfds.download.DownloadConfig(manual_dir=manual))
 
   soak_start = time.time()
-  straight = _Run(_command(os.path.join(root, "straight"), data, steps))
+  straight_dir = os.path.join(root, "straight")
+  straight = _Run(_command(straight_dir, data, steps))
   if straight.wait() != 0:
     raise SystemExit("the uninterrupted run failed:\n" + "".join(straight.log[-40:]))
   straight_wall = time.time() - soak_start
@@ -171,7 +172,7 @@ def soak(kills: int, steps: int, seed: int) -> dict:
     if _saved(workdir) and _saved(workdir)[-1] == steps:
       break
 
-  a, b = _final_state(os.path.join(root, "straight")), _final_state(workdir)
+  a, b = _final_state(straight_dir), _final_state(workdir)
   leaves_a, tree_a = jax.tree_util.tree_flatten(a)
   leaves_b, tree_b = jax.tree_util.tree_flatten(b)
   equal = tree_a == tree_b and all(x.dtype == y.dtype and x.tobytes() == y.tobytes()

@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.body_stride = 2
   # The head upsamples its features and regresses every pixel at 192x192 (`FeatureUpsampledHead`): no
   # 4-pixel terraces from upsampled logits, and a cheaper training step than the paper's head with this
-  # loss (224 against 255 ms at batch 8 on the 2-core VM).
+  # loss (docs/experiments.md has the race).
   config.model.head_upsample = "features"
 
   config.data = ml_collections.ConfigDict(dict(
