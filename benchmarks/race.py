@@ -10,7 +10,8 @@ volume IoU on the first `eval_examples` faces of `data.eval_config`'s test split
 metrics (`vrn_jax.photo_report`, as `run_eval.py --images --photo_metrics`) on the fixture photos (or
 --images) against one fixed ground-truth reference (--reference; every row must use the same one), and
 appends a JSON line to --results and prints a markdown row: IoU, hull coverage (mean / min), inner
-landmarks (min), relief figures inside the ground truth's range, photos meeting every goal, wall time.
+landmarks (min), relief figures inside the ground truth's range, photos meeting every goal, wall time;
+for VRN-Multitask / VRN-Guided the JSON line also holds the landmark NME (mean, max) on the photos.
 A workdir that is already trained to STEPS is only scored.
 """
 
@@ -103,6 +104,9 @@ def main(argv: list[str]) -> None:
                           f"/{len(report['faces'])}",
       "cpu": common.machine(), "date": time.strftime("%Y-%m-%d"),
   }
+  nme = report["summary"].get("landmark_nme")
+  if nme:  # VRN-Multitask / VRN-Guided: their own landmarks against the given ones
+    row.update(nme_mean=nme["mean"], nme_max=nme["max"])
   with open(args.results, "a", encoding="utf-8") as f:
     f.write(json.dumps(row) + "\n")
   print(photo_report.format_table(report))

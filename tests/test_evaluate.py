@@ -430,9 +430,11 @@ def test_heatmap_peaks_recover_landmarks():
 
   rng = np.random.default_rng(3)
   points = rng.uniform(10, 180, (2, 68, 2)).astype(np.float32)
-  heatmaps = np.array(render_heatmaps(points))
-  # Sampled Gaussians have exactly parabolic log-values: float32 rounding is all that is left.
-  np.testing.assert_allclose(inference.heatmap_peaks(heatmaps), points, atol=1e-3)
+  # Sampled Gaussians have exactly parabolic log-values: float32 rounding is all that is left, at the
+  # guidance's sigma and at the wider one the landmark heads regress.
+  for sigma in (1.0, 4.0):
+    heatmaps = np.array(render_heatmaps(points, sigma=sigma))
+    np.testing.assert_allclose(inference.heatmap_peaks(heatmaps), points, atol=1e-3)
   heatmaps[0, :, :, 5] = 0.0  # a flat channel: its argmax (pixel 0, 0), no refinement, no NaN
   np.testing.assert_array_equal(inference.heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
 

@@ -122,27 +122,9 @@ def _check_model(config, directory: str, step: int, expected: dict, metadata) ->
 
 
 def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
-  """(B, H, W, L) landmark heatmaps -> (B, L, 2) (x, y) pixel positions: each channel's maximum, refined
-  to sub-pixel by a parabola through the log-values of it and its two neighbours along x and along y
-  (exact for the Gaussians the networks are trained to produce)."""
-  h = np.asarray(heatmaps, np.float64)
-  b, height, width, count = h.shape
-  peak = np.argmax(h.reshape(b, height * width, count), axis=1)  # (B, L)
-  py, px = np.divmod(peak, width)
-  bi, li = np.arange(b)[:, None], np.arange(count)[None, :]
-
-  def refine(centre, size, sample):
-    inner = (centre > 0) & (centre < size - 1)
-    lo, mid, hi = (np.log(np.maximum(sample(np.clip(centre + d, 0, size - 1)), 1e-12))
-                   for d in (-1, 0, 1))
-    curvature = lo - 2 * mid + hi
-    ok = inner & (curvature < 0)
-    offset = np.where(ok, (lo - hi) / (2 * np.where(ok, curvature, -1.0)), 0.0)
-    return centre + np.clip(offset, -1.0, 1.0)
-
-  x = refine(px, width, lambda c: h[bi, py, c, li])
-  y = refine(py, height, lambda c: h[bi, c, px, li])
-  return np.stack([x, y], axis=-1)
+  """(B, H, W, L) landmark heatmaps -> (B, L, 2) float64 (x, y) pixel positions
+  (`models.heatmaps.heatmap_peaks`: each channel's maximum, refined to sub-pixel)."""
+  return np.asarray(models.heatmap_peaks(np.asarray(heatmaps, np.float32)), np.float64)
 
 
 def _volume_logits(model, variables, images):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from vrn_jax.models.heatmaps import render_heatmaps
+from vrn_jax.models.heatmaps import SIGMA_PX, heatmap_peaks, render_heatmaps
 from vrn_jax.models.hourglass import TOPOLOGIES, HourglassBlock, StandardLevel
 from vrn_jax.models.layers import Residual, count_parameters, upsample_bilinear
 from vrn_jax.models.losses import heatmap_loss, upsampled_volume_loss, volume_iou, volume_loss
@@ -31,7 +31,8 @@ VARIANTS = ("vrn", "vrn_multitask", "vrn_guided")
 __all__ = [
     "VARIANTS", "TOPOLOGIES", "VRN", "VRNMultitask", "VRNGuided", "LandmarkDetector", "HourglassBlock",
     "StandardLevel", "ReleaseLevel", "Residual", "ParamTarget", "release_param_paths", "get_model",
-    "default_model_config", "count_parameters", "upsample_bilinear", "render_heatmaps", "volume_loss",
+    "default_model_config", "count_parameters", "upsample_bilinear", "render_heatmaps",
+    "heatmap_peaks", "SIGMA_PX", "volume_loss",
     "volume_iou", "heatmap_loss", "upsampled_volume_loss", "OUTPUT_STRIDE",
 ]
 

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vrn_jax.models.heatmaps import heatmap_peaks, render_heatmaps
 from vrn_jax.models.hourglass import HourglassBlock
 from vrn_jax.models.layers import (Dtype, ModuleDef, Residual, conv_bn_relu, conv_factory, max_pool2,
                                    norm_factory, sample_bilinear, upsample_bilinear, upsample_nearest2)
@@ -305,9 +306,9 @@ class LandmarkDetector(nn.Module):
 class VRNGuided(nn.Module):
   """VRN-Guided: a landmark detector, and a VRN on RGB + 68 heatmaps (3 + 68 channels).
 
-  Training feeds ground-truth heatmaps (the paper); at test time the detector's last stack is used.
-  Detected heatmaps enter the volume network through stop_gradient: the detector learns from its own
-  heatmap loss only, as it would when trained separately.
+  Training feeds ground-truth heatmaps (the paper); at test time the peaks of the detector's last stack,
+  rendered as those heatmaps are. They enter the volume network through stop_gradient: the detector
+  learns from its own heatmap loss only, as it would when trained separately.
 
   Attributes: as `VRN` (for the volume network), plus
     num_detector_hourglasses: detector stacks (2).
@@ -347,7 +348,10 @@ class VRNGuided(nn.Module):
     detected = LandmarkDetector(num_hourglasses=self.num_detector_hourglasses,
                                 num_landmarks=self.num_landmarks, name="detector", **common)(images, train)
     if heatmaps is None:
-      heatmaps = jax.lax.stop_gradient(detected[-1])
+      # The detector's landmarks, drawn as the guidance the volume net was trained on (the paper's
+      # 1 px Gaussians): its own heatmaps are wider and lower (`heatmaps.py`).
+      heatmaps = render_heatmaps(heatmap_peaks(jax.lax.stop_gradient(detected[-1])),
+                                 resolution=images.shape[1], source_size=images.shape[1])
     elif heatmaps.shape != detected[-1].shape:
       raise ValueError(f"guidance heatmaps must be {detected[-1].shape} (B, H, W, landmarks) like the images, "
                        f"got {heatmaps.shape}; render them with vrn_jax.models.heatmaps.render_heatmaps")

@@ -113,9 +113,13 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
   kwargs = {}
   heatmaps = None
   if variant in ("vrn_multitask", "vrn_guided"):
-    heatmaps = models.render_heatmaps(landmarks[..., :2])
+    # What the landmark heads regress: Gaussians they can draw (`models.heatmaps`); configs from before
+    # the field trained against the guidance's own.
+    heatmaps = models.render_heatmaps(landmarks[..., :2],
+                                      sigma=config.get("heatmap_sigma_px", models.SIGMA_PX))
     if variant == "vrn_guided" and train:
-      kwargs["heatmaps"] = heatmaps  # ground-truth landmarks in training (the paper)
+      # Ground-truth landmarks in training (the paper), as the paper's 1 px guidance.
+      kwargs["heatmaps"] = models.render_heatmaps(landmarks[..., :2])
   # Training with the 'logits' head takes its logits before their x4 upsample: the fused loss forms the
   # full-size volume a few rows at a time (the paper's loss on all 192x192x200 voxels, without the
   # volume in memory); the returned logits are then (B, 48, 48, 200). The 'features' head is evaluated
