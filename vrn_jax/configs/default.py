@@ -84,9 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   # VRN-Multitask's landmark head and VRN-Guided's detector: the weight of their heatmap loss (mean
-  # squared error over all pixels, ~1e-3 when they draw nothing) beside the volume's (~0.05), and the
-  # sigma of the Gaussians they regress, in 192 crop pixels: 1 px at their 48x48 grid (Newell et al.);
-  # at the paper's 1 px guidance sigma they learnt to draw nothing (docs/experiments.md).
+  # squared error over all pixels) beside the volume's, and the sigma of the Gaussians they regress, in
+  # 192 crop pixels: 1 px at their 48x48 grid (Newell et al.). At the paper's 1 px guidance sigma they
+  # learnt to draw nothing, at weight 1 or 100; at 4 px weight 10 trained as weight 1 does (Muon sets
+  # the landmark branch's step sizes whatever the loss's scale): docs/experiments.md.
   config.heatmap_loss_weight = 1.0
   config.heatmap_sigma_px = 4.0
   # The loss on rows oy + 8i and columns ox + 8j of each example's volume, (oy, ox) uniform: 1/64 of the
