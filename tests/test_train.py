@@ -308,7 +308,7 @@ def test_config_override_checks_before_flag_parsing(capsys, monkeypatch):
 
 def test_schedules_and_paper_configs():
   """The paper configs keep the paper's stem, head, loss, optimisation and augmentation whatever the CPU
-  default uses;
+  default uses; configs/long.py is the default, longer;
   'step' multiplies by decay_factor at each boundary, 'cosine' decays to learning_rate * decay_factor;
   an unknown schedule is an error naming the field."""
   import importlib
@@ -328,6 +328,13 @@ def test_schedules_and_paper_configs():
     assert (c.model.stem, c.model.body_stride, c.model.depth, c.loss_stride, c.model.features,
             c.ema_decay, c.model.head_upsample) == ("conv7x7", 1, 4, 1, 256, 0.0, "logits"), name
     assert steps.augment_config(c) == augment.AugmentConfig(), name  # the paper's, nothing else
+  # configs/long.py: the default three times as long, decayed at the same share of the run.
+  for arg in (None, "multitask"):
+    base, long = (importlib.import_module(f"configs.{n}").get_config(arg) for n in ("default", "long"))
+    assert long.num_epochs == pytest.approx(3 * base.num_epochs), arg
+    assert long.optim.decay_epochs[0] / long.num_epochs == pytest.approx(
+        base.optim.decay_epochs[0] / base.num_epochs), arg
+    assert long.model.to_dict() == base.model.to_dict() and long.augment.to_dict() == base.augment.to_dict()
   paper = importlib.import_module("configs.vrn").get_config()
   step = optimizers.learning_rate_schedule(paper, steps_per_epoch=10)
   np.testing.assert_allclose([float(step(s)) for s in (0, 399, 400, 10_000)], [1e-4, 1e-4, 1e-5, 1e-5],
