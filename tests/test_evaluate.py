@@ -425,8 +425,7 @@ def test_boxes_file(tmp_path):
 
 
 def test_heatmap_peaks_recover_landmarks():
-  from vrn_jax import inference
-  from vrn_jax.models import render_heatmaps
+  from vrn_jax.models import heatmap_peaks, render_heatmaps
 
   rng = np.random.default_rng(3)
   points = rng.uniform(10, 180, (2, 68, 2)).astype(np.float32)
@@ -434,9 +433,9 @@ def test_heatmap_peaks_recover_landmarks():
   # guidance's sigma and at the wider one the landmark heads regress.
   for sigma in (1.0, 4.0):
     heatmaps = np.array(render_heatmaps(points, sigma=sigma))
-    np.testing.assert_allclose(inference.heatmap_peaks(heatmaps), points, atol=1e-3)
+    np.testing.assert_allclose(heatmap_peaks(heatmaps), points, atol=1e-3)
   heatmaps[0, :, :, 5] = 0.0  # a flat channel: its argmax (pixel 0, 0), no refinement, no NaN
-  np.testing.assert_array_equal(inference.heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
+  np.testing.assert_array_equal(heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
 
 
 def test_ground_truth_is_rebuilt_and_checked_against_the_example():

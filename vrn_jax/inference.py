@@ -121,12 +121,6 @@ def _check_model(config, directory: str, step: int, expected: dict, metadata) ->
 # --------------------------------------------------------------------------------------------- inference
 
 
-def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
-  """(B, H, W, L) landmark heatmaps -> (B, L, 2) float64 (x, y) pixel positions
-  (`models.heatmaps.heatmap_peaks`: each channel's maximum, refined to sub-pixel)."""
-  return np.asarray(models.heatmap_peaks(np.asarray(heatmaps, np.float32)), np.float64)
-
-
 def _volume_logits(model, variables, images):
   out = model.apply(variables, images, train=False)
   return out["volume"] if isinstance(out, dict) else out
@@ -145,13 +139,20 @@ def _photo_forward(model, variables, images):
   return jax.nn.sigmoid(_volume_logits(model, variables, images.astype(jnp.float32) / 255.0))
 
 
+# The landmark forwards return the heatmaps' peaks, found on the device: (b, 68, 2) crop pixels cross to
+# the host instead of (b, 192, 192, 68) float32 heatmaps.
+
+
 def _detector_forward(detector, variables, images):
-  return detector.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[-1]
+  """Per replica: VRN-Guided's detected landmarks (b, 68, 2) of (b, 192, 192, 3) uint8 crops."""
+  heatmaps = detector.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[-1]
+  return models.heatmap_peaks(heatmaps)
 
 
 def _heatmap_forward(model, variables, images):
-  """Per replica: VRN-Multitask's landmark heatmaps (b, 192, 192, 68) of (b, 192, 192, 3) uint8 crops."""
-  return model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)["heatmaps"]
+  """Per replica: VRN-Multitask's own landmarks (b, 68, 2) of (b, 192, 192, 3) uint8 crops."""
+  heatmaps = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)["heatmaps"]
+  return models.heatmap_peaks(heatmaps)
 
 
 class Predictor:
@@ -238,7 +239,7 @@ class Predictor:
     if not self.has_detector:
       raise ValueError("detect_landmarks needs a VRN-Guided model.")
     sharded, n = self._shard({"image": crops})
-    return heatmap_peaks(self._unshard(self._detect(self._detector_variables, sharded["image"]), n))
+    return self._unshard(self._detect(self._detector_variables, sharded["image"]), n).astype(np.float64)
 
   def predict_landmarks(self, crops: np.ndarray) -> np.ndarray:
     """VRN-Multitask / VRN-Guided: (n <= batch_size, 192, 192, 3) uint8 -> (n, 68, 2) the network's
@@ -249,5 +250,5 @@ class Predictor:
     if self.has_detector:
       return self.detect_landmarks(crops)
     sharded, n = self._shard({"image": crops})
-    return heatmap_peaks(self._unshard(self._heatmaps(self._variables, sharded["image"]), n))
+    return self._unshard(self._heatmaps(self._variables, sharded["image"]), n).astype(np.float64)
 
