@@ -424,6 +424,28 @@ def test_boxes_file(tmp_path):
     reconstruct.read_boxes(str(path))
 
 
+@pytest.mark.parametrize("variant", ["vrn_multitask", "vrn_guided"])
+def test_predictor_landmarks_are_the_networks_own(variant):
+  """`Predictor.predict_landmarks` gives the peaks of the network's own last heatmaps (Guided: its
+  detector's, built apart from the model with the model's stem), for the smoke config's patchify stem."""
+  from vrn_jax import inference, models
+  from vrn_jax.configs import default
+  from vrn_jax.training import steps
+
+  config = default.get_config("test")
+  config.model.variant = variant
+  if variant == "vrn_guided":
+    config.model.body_stride = 1  # VRN-Guided's volume net runs its hourglasses at 48x48
+  model = steps.create_model(config, axis_name=None)
+  crops = np.random.default_rng(0).integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)
+  variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
+  heatmaps = model.apply(variables, crops.astype(np.float32) / 255.0, train=False)["heatmaps"]
+  expected = models.heatmap_peaks(heatmaps[-1] if isinstance(heatmaps, list) else heatmaps)
+  got = inference.Predictor(config, variables, batch_size=2).predict_landmarks(crops)
+  assert got.shape == (2, 68, 2)
+  np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
 def test_heatmap_peaks_recover_landmarks():
   from vrn_jax.models import heatmap_peaks, render_heatmaps
 

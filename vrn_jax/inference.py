@@ -179,7 +179,7 @@ class Predictor:
     if self.has_detector:
       m = self.model
       detector = models.LandmarkDetector(
-          features=m.features, num_hourglasses=m.num_detector_hourglasses, depth=m.depth,
+          features=m.features, num_hourglasses=m.num_detector_hourglasses, depth=m.depth, stem=m.stem,
           num_landmarks=m.num_landmarks, dtype=m.dtype, param_dtype=m.param_dtype)
       self._detector_variables = jax_utils.replicate(
           {"params": variables["params"]["detector"],
