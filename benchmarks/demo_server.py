@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_LINE = "3D selfie ready"
 # The browser that drives the page (the browser tests, data_prep/demo_screenshot.py): Debian's chromium
@@ -30,6 +32,14 @@ CHROMIUM = os.environ.get("VRN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWER_BACKGROUND = (0x20, 0x26, 0x2E)  # the viewer's background, #20262e (static/style.css)
+
+
+def drawn_fraction(pixels) -> float:
+  """The share of a screenshot's (H, W, 3) RGB pixels of the viewer that differ from its background: how
+  much of it the face covers."""
+  diff = np.abs(np.asarray(pixels, np.float64) - np.asarray(VIEWER_BACKGROUND, np.float64))
+  return float(np.mean(diff.max(axis=2) > 30))
 
 
 def free_port() -> int:

@@ -20,17 +20,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # benchmarks.demo_server when run as `python data_prep/demo_screenshot.py`
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np
 from absl import flags
 from PIL import Image
 
-from benchmarks.demo_server import CHROMIUM, CHROMIUM_ARGS, DemoServer
+from benchmarks.demo_server import CHROMIUM, CHROMIUM_ARGS, DemoServer, drawn_fraction
 from vrn_jax import cli
 from vrn_jax.errors import InputError
 from vrn_jax.files import atomic_output
 
 FLAGS = flags.FLAGS
-VIEWER_BACKGROUND = np.array([0x20, 0x26, 0x2E], np.float64)  # #viewer's background colour (style.css)
 
 
 def define_flags() -> None:
@@ -40,12 +38,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("width", 1200, "Browser viewport width in CSS pixels (the screenshot's width).")
   flags.DEFINE_integer("height", 800, "Browser viewport height; the screenshot is the whole page.")
   flags.DEFINE_integer("quality", 85, "JPEG quality.")
-
-
-def drawn_fraction(png: bytes) -> float:
-  """The share of the viewer's pixels that differ from its background (test_web.py's measure)."""
-  pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64)
-  return float(np.mean(np.abs(pixels - VIEWER_BACKGROUND).max(axis=2) > 30))
 
 
 def screenshot(url: str, photo: str, output: str) -> None:
@@ -66,7 +58,8 @@ def screenshot(url: str, photo: str, output: str) -> None:
       # Loaded is not yet drawn: wait until the face covers a good part of the viewer (SwiftShader is
       # slow), then one more frame so the screenshot is not mid-draw.
       deadline = time.monotonic() + 60
-      while (fraction := drawn_fraction(page.locator("#viewer").screenshot())) <= 0.1:
+      while (fraction := drawn_fraction(
+          Image.open(io.BytesIO(page.locator("#viewer").screenshot())).convert("RGB"))) <= 0.1:
         if time.monotonic() > deadline:
           raise RuntimeError(f"the viewer drew only {fraction:.1%} of its pixels in 60 s")
         time.sleep(0.5)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.demo_server import CHROMIUM, CHROMIUM_ARGS, DemoServer
+from benchmarks.demo_server import CHROMIUM, CHROMIUM_ARGS, DemoServer, drawn_fraction
 from conftest import REPO, fixtures_dir, save_slab_checkpoint
 
 SLAB_DEPTH = 120
@@ -244,12 +244,6 @@ def _viewer_pixels(page) -> np.ndarray:
                     np.float64)
 
 
-def _drawn_fraction(pixels: np.ndarray) -> float:
-  """The share of the viewer's pixels that differ from its background colour (#20262e)."""
-  background = np.array([0x20, 0x26, 0x2E], np.float64)
-  return float(np.mean(np.abs(pixels - background).max(axis=2) > 30))
-
-
 def test_page_upload_shows_the_face_and_downloads_a_glb(server, browser, tmp_path):
   import trimesh
 
@@ -258,7 +252,7 @@ def test_page_upload_shows_the_face_and_downloads_a_glb(server, browser, tmp_pat
     page.set_input_files("#file", os.path.join(fixtures_dir(), "asj.jpg"))
     assert _wait_done(page) == "done", page.inner_text("#message")
     pixels = _viewer_pixels(page)
-    assert _drawn_fraction(pixels) > 0.1  # the face covers a good part of the viewer
+    assert drawn_fraction(pixels) > 0.1  # the face covers a good part of the viewer
     assert pixels.std(axis=(0, 1)).max() > 15  # shaded and coloured, not a flat silhouette
     with page.expect_download() as download:
       page.click("#dl-glb")
@@ -302,7 +296,7 @@ def test_page_camera_takes_a_photo(server, browser, tmp_path):
     page.click("#camera-shoot")
     assert _wait_done(page) == "done", page.inner_text("#message")
     assert page.evaluate("document.getElementById('photo').width") == 640
-    assert _drawn_fraction(_viewer_pixels(page)) > 0.1
+    assert drawn_fraction(_viewer_pixels(page)) > 0.1
   finally:
     b.close()
   assert others == [] and errors == []
