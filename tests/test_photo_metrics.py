@@ -144,6 +144,32 @@ def test_front_surface_and_relief_of_a_known_surface(gt_examples):
                                                               landmarks)).values())
 
 
+def test_surface_grid_finds_a_linearly_interpolated_head_and_not_the_b_spline():
+  """`surface_grid` of a paraboloid front surface: drawn exactly, 1; through the heads' 48x48 samples
+  and the x4 linear upsample (models.layers' matrix), far above 1 (it bends only at the samples); through
+  the cubic B-spline at the same samples, 1 again (it keeps a paraboloid's constant curvature)."""
+  from vrn_jax import photo_metrics as pm
+  from vrn_jax.models.layers import interpolation_matrix
+
+  def paraboloid(y, x):
+    return 150.0 - ((x - 96) ** 2 + (y - 100) ** 2) / 60.0
+
+  yy, xx = np.mgrid[:192, :192].astype(np.float64)
+  outside = (xx - 96) ** 2 + (yy - 100) ** 2 > 70 ** 2  # a face-sized disc; NaN beyond it
+  exact = np.where(outside, np.nan, paraboloid(yy, xx))
+  samples = paraboloid(*np.meshgrid(pm.HEAD_SAMPLES, pm.HEAD_SAMPLES, indexing="ij"))
+  drawn = {}
+  for kind in ("linear", "bspline"):
+    m = interpolation_matrix(48, 192, kind)
+    drawn[kind] = np.where(outside, np.nan, m @ samples @ m.T)
+  assert pm.surface_grid(exact) == pytest.approx(1.0, abs=1e-6)
+  assert pm.surface_grid(drawn["linear"]) > 5.0
+  assert pm.surface_grid(drawn["bspline"]) == pytest.approx(1.0, abs=0.02)
+  assert np.isnan(pm.surface_grid(np.full((192, 192), np.nan)))
+  with pytest.raises(Exception, match="expected"):
+    pm.surface_grid(np.zeros((48, 48)))
+
+
 def test_landmark_nme_is_the_shift_over_the_outer_interocular_distance(gt_examples):
   from vrn_jax import photo_metrics as pm
   from vrn_jax.errors import InputError

@@ -17,7 +17,9 @@ centre; 0-based iBUG 68 order).
                     truth's nose - eyes spans -7..56 voxels in camera z, 31.5..65.5 along the face's
                     axis: 5th-95th percentiles);
   `landmark_nme`    2D landmark error / the outer interocular distance (landmarks 37, 46), the
-                    normaliser of `geometry.nme`.
+                    normaliser of `geometry.nme`;
+  `surface_grid`    stair steps: how much more the front surface bends at the rows and columns where
+                    the network's 48x48 samples sit than between them (1: no grid).
 
 Without 3D ground truth these figures mean something only beside the same figures of the synthetic
 ground-truth volumes at the same yaw: `reference_from_rows` bins those by |yaw| (0-30, 30-60, 60-90) and
@@ -170,6 +172,42 @@ def front_surface(volume, level: float = ISO_LEVEL) -> np.ndarray:
   return np.where(filled, z, np.nan)
 
 
+# The rows (and columns) of the 192-pixel crop where the heads' 48 samples sit: their x4 upsample aligns
+# the corners (`models.layers.bilinear_matrix`), so sample k lands on output k * 191 / 47.
+HEAD_SAMPLES = np.arange(VOLUME_SHAPE[0] // 4) * (VOLUME_SHAPE[0] - 1) / (VOLUME_SHAPE[0] // 4 - 1)
+GRID_INSET_PX = 6  # surface_grid reads the surface this far inside the silhouette (off its steep edge)
+
+
+def surface_grid(front: np.ndarray) -> float:
+  """Stair steps of a (192, 192) front surface (`front_surface`): the mean |second difference| of its
+  depth along y and x at rows (columns) within 1 px of a head sample (`HEAD_SAMPLES`) over the same at
+  rows (columns) >= 1.5 px from one, where the surface lies `GRID_INSET_PX` inside its silhouette.
+
+  A head that interpolates linearly between its samples bends the surface there and only there: ~2 and
+  more. A surface without the grid: ~1 (the synthetic ground truth's binary volumes, whose steps follow
+  the face and not the grid: 1.00 over 32 test faces). NaN without surface far enough inside.
+  """
+  front = np.asarray(front, np.float64)
+  if front.shape != VOLUME_SHAPE[:2]:
+    raise InputError(f"surface_grid: front surface has shape {front.shape}; expected {VOLUME_SHAPE[:2]}.")
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
+  inside = ndimage.binary_erosion(np.isfinite(front), iterations=GRID_INSET_PX)
+  centre = np.arange(1, front.shape[0] - 1)  # the centre row of each second difference
+  dist = np.min(np.abs(centre[:, None] - HEAD_SAMPLES[None, :]), axis=1)
+  near, far = [], []
+  for axis in (0, 1):
+    d2 = np.abs(np.diff(front, 2, axis=axis))
+    ok = (inside[1:-1] if axis == 0 else inside[:, 1:-1]) & np.isfinite(d2)
+    line = (lambda m: m[:, None]) if axis == 0 else (lambda m: m[None, :])
+    near.append(d2[ok & line(dist < 1.0)])
+    far.append(d2[ok & line(dist >= 1.5)])
+  near, far = np.concatenate(near), np.concatenate(far)
+  if near.size == 0 or far.size == 0 or far.mean() == 0:
+    return math.nan
+  return float(near.mean() / far.mean())
+
+
 def relief_points(landmarks) -> dict[str, np.ndarray]:
   """The (x, y) crop points whose front-surface depth the relief compares: 'nose' (1, 2), 'eyes'
   (4, 2), 'mouth' (2, 2), 'cheeks' (2, 2) (see CHEEK_PAIRS)."""
@@ -314,15 +352,17 @@ def score_volume(volume, landmarks, predicted_landmarks=None, template=None) -> 
     template: the (68, 3) `frontal_template` for the pose, or None.
   Returns:
     {'hull_coverage', 'inner_share', 'relief' {figure: voxels} (camera z), 'surface_points' {group: [[x, y,
-    z]]} (`surface_points`)}, with `template` also 'yaw_estimate_deg', 'rotation' (3, 3) and
+    z]]} (`surface_points`), 'surface_grid'}, with `template` also 'yaw_estimate_deg', 'rotation' (3, 3) and
     'relief_face' (`relief` along the estimated pose's forward axis), with `predicted_landmarks`
     'landmark_nme'.
   """
   p = _landmarks(landmarks, "score_volume")
   sil = silhouette(volume)
-  points = surface_points(front_surface(volume), p)
+  front = front_surface(volume)
+  points = surface_points(front, p)
   out = {"hull_coverage": hull_coverage(sil, p), "inner_share": inner_share(sil, p),
-         "relief": relief(points), "surface_points": {k: v.tolist() for k, v in points.items()}}
+         "relief": relief(points), "surface_points": {k: v.tolist() for k, v in points.items()},
+         "surface_grid": surface_grid(front)}
   if template is not None:
     add_pose(out, p, template)
   if predicted_landmarks is not None:

@@ -305,7 +305,7 @@ def _caption(row: dict) -> list[str]:
   yaw = f"yaw ~{_fmt(row.get('yaw_estimate_deg'), 0)} deg (bin {row.get('yaw_bin', 'n/a')})"
   lines.append(f"hull {row['hull_coverage']:.3f} (GT {_fmt(row.get('gt_hull_coverage'), 3)})  inner "
                f"{row['inner_share']:.3f} (GT {_fmt(row.get('gt_inner_share'), 3)})  {yaw}  landmark "
-               f"NME {_fmt(row.get('landmark_nme'), 4)}")
+               f"NME {_fmt(row.get('landmark_nme'), 4)}  grid {_fmt(row.get('surface_grid'), 2)}")
   for kind, label in (("relief", "relief, camera z"), ("relief_face", "relief, face axis")):
     ranges = row.get(f"{kind}_range") or {}
     parts = []
@@ -381,7 +381,7 @@ def _summary(rows: list[dict], reference: dict | None, predicts_landmarks: bool)
   return {
       "faces": len(rows), "scored": len(scored), "failed": len(rows) - len(scored),
       "hull_coverage": stats("hull_coverage", min), "inner_share": stats("inner_share", min),
-      "landmark_nme": stats("landmark_nme", max),
+      "landmark_nme": stats("landmark_nme", max), "surface_grid": stats("surface_grid", max),
       "goals_met": goals,
       "all_goals_met": (len(scored) == len(rows) and len(rows) > 0
                         and all(v is True for k, v in goals.items()
@@ -438,11 +438,11 @@ def score_reconstructions(predictor, results: Sequence[reconstruct.PhotoResult],
 def format_table(report: dict) -> str:
   """The faces of a report as a text table: hull coverage and inner share beside the ground truth's
   medians, relief figures (camera z, then along the face's axis) with the ground truth's range at the
-  face's yaw ('!' outside it), landmark NME."""
+  face's yaw ('!' outside it), landmark NME, the surface's grid (`photo_metrics.surface_grid`)."""
   short = {f: f.replace("nose_minus_", "n-") for f in photo_metrics.RELIEF_FIGURES}
   header = (["photo", "yaw~ (bin)", "hull (GT)", "inner (GT)"]
             + [f"{short[f]} cam [GT]" for f in photo_metrics.RELIEF_FIGURES]
-            + [f"{short[f]} face [GT]" for f in photo_metrics.RELIEF_FIGURES] + ["lm NME", "goals"])
+            + [f"{short[f]} face [GT]" for f in photo_metrics.RELIEF_FIGURES] + ["lm NME", "grid", "goals"])
   table = [header]
   for r in report["faces"]:
     if r.get("error"):
@@ -460,7 +460,7 @@ def format_table(report: dict) -> str:
         mark = "!" if inside.get(f) is False else ""
         cells.append(f"{_fmt(value)}{mark}" + (f" [{_fmt(span[0], 0)},{_fmt(span[1], 0)}]" if span else ""))
     passes = r.get("passes", {})
-    cells += [_fmt(r.get("landmark_nme"), 4),
+    cells += [_fmt(r.get("landmark_nme"), 4), _fmt(r.get("surface_grid"), 2),
               " ".join(f"{k}:{'ok' if v else 'NO'}" for k, v in passes.items() if v is not None)]
     table.append(cells)
   widths = [max(len(row[i]) for row in table if len(row) > i) for i in range(len(header))]

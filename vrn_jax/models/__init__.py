@@ -53,6 +53,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       volume_depth=200,
       # what the volume head upsamples x4 to the input resolution: 'logits' (the paper's and release's
       # head) | 'features' (a per-pixel layer at full resolution after the upsample: no 4-px terraces)
+      # | 'features_bspline' (the same, the features upsampled with the cubic B-spline: no 4-px grid)
       head_upsample="logits",
       dtype="float32",               # compute dtype: 'float32' | 'bfloat16'; parameters stay float32
       # e.g. 'batch' for synchronised (cross-replica) BatchNorm statistics; None: per-replica

@@ -193,6 +193,43 @@ def bilinear_row_blocks(size_in: int, size_out: int, rows: int,
   return starts, blocks.astype(np.float32)
 
 
+def bspline_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) float64 matrix of the uniform cubic B-spline through the input samples as
+  control points, at the positions `bilinear_matrix` samples (align_corners=True), the ends clamped.
+
+  Unlike linear interpolation, whose output bends only at the input samples (a kink every `factor`
+  outputs, which a layer after it turns into a grid on the predicted surface), the B-spline is twice
+  continuously differentiable: 4 taps per output, weights ((1-t)^3, 3t^3-6t^2+4, -3t^3+3t^2+3t+1, t^3)/6
+  on samples j-1..j+2 at fractional position j + t. It smooths as it upsamples (at t = 0 the weights are
+  (1, 4, 1)/6); the layers around it are learnt, so it need not pass through the samples.
+  """
+  m = np.zeros((size_out, size_in))
+  if size_in == 1 or size_out == 1:
+    m[:, 0] = 1.0
+    return m
+  src = np.arange(size_out) * (size_in - 1) / (size_out - 1)
+  j = np.minimum(np.floor(src).astype(int), size_in - 2)
+  t = src - j
+  weights = np.stack([(1 - t) ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1,
+                      t ** 3], axis=1) / 6.0
+  rows = np.arange(size_out)
+  for k in range(4):
+    np.add.at(m, (rows, np.clip(j - 1 + k, 0, size_in - 1)), weights[:, k])
+  return m
+
+
+INTERPOLATIONS = ("linear", "bspline")
+
+
+def interpolation_matrix(size_in: int, size_out: int, kind: str = "linear") -> np.ndarray:
+  """`bilinear_matrix` ('linear') or `bspline_matrix` ('bspline')."""
+  if kind == "linear":
+    return bilinear_matrix(size_in, size_out)
+  if kind == "bspline":
+    return bspline_matrix(size_in, size_out)
+  raise ValueError(f"interpolation {kind!r}: expected one of {INTERPOLATIONS}")
+
+
 def _taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """A banded (n_out, n_in) matrix as per-row taps: indices (n_out, K) and weights (n_out, K)."""
   k = int((m != 0).sum(axis=1).max())
@@ -214,65 +251,68 @@ def _apply_taps(x: jax.Array, axis: int, idx: np.ndarray, w: np.ndarray) -> jax.
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _lerp_axis(x: jax.Array, axis: int, size_in: int, size_out: int) -> jax.Array:
-  """y = M x along `axis`, M = bilinear_matrix(size_in, size_out), as a few taps per output sample.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _resample_axis(x: jax.Array, axis: int, size_in: int, size_out: int, kind: str) -> jax.Array:
+  """y = M x along `axis`, M = interpolation_matrix(size_in, size_out, kind), as a few taps per output.
 
-  Both directions are gathers of a handful of taps: y from 2 taps of x, and the gradient M^T g from the
-  <= 6 outputs each input feeds. A dense matrix (einsum) costs ~48 multiply-adds per output and, through
-  autodiff, a scatter-add on the way back; on a CPU either made this one layer slower than the whole rest
-  of a small VRN's step.
+  Both directions are gathers of a handful of taps: y from 2 (linear) or 4 (bspline) taps of x, and the
+  gradient M^T g from the outputs each input feeds. A dense matrix (einsum) costs ~48 multiply-adds per
+  output and, through autodiff, a scatter-add on the way back; on a CPU either made this one layer
+  slower than the whole rest of a small VRN's step.
   """
-  idx, w = _taps(bilinear_matrix(size_in, size_out))
+  idx, w = _taps(interpolation_matrix(size_in, size_out, kind))
   return _apply_taps(x, axis, idx, w)
 
 
-def _lerp_axis_fwd(x, axis, size_in, size_out):
-  return _lerp_axis(x, axis, size_in, size_out), None
+def _resample_axis_fwd(x, axis, size_in, size_out, kind):
+  return _resample_axis(x, axis, size_in, size_out, kind), None
 
 
-def _lerp_axis_bwd(axis, size_in, size_out, _, g):
-  idx, w = _taps(bilinear_matrix(size_in, size_out).T)
+def _resample_axis_bwd(axis, size_in, size_out, kind, _, g):
+  idx, w = _taps(interpolation_matrix(size_in, size_out, kind).T)
   return (_apply_taps(g, axis, idx, w),)
 
 
-_lerp_axis.defvjp(_lerp_axis_fwd, _lerp_axis_bwd)
+_resample_axis.defvjp(_resample_axis_fwd, _resample_axis_bwd)
 
 
 def lerp_axis(x: jax.Array, axis: int, size_out: int) -> jax.Array:
   """1-D linear interpolation (align_corners=True) of `x` along `axis` to `size_out` samples."""
-  return _lerp_axis(x, axis, x.shape[axis], size_out)
+  return _resample_axis(x, axis, x.shape[axis], size_out, "linear")
 
 
-def upsample_bilinear(x: jax.Array, factor: int = 4) -> jax.Array:
-  """Bilinear upsample with align_corners=True (the release's SpatialUpSamplingBilinear), separably.
+def upsample_bilinear(x: jax.Array, factor: int = 4, kind: str = "linear") -> jax.Array:
+  """Bilinear upsample with align_corners=True (the release's SpatialUpSamplingBilinear), separably;
+  kind='bspline': the cubic B-spline at the same positions (`bspline_matrix`).
 
-  Separable, with a few taps per sample in both directions (`_lerp_axis`): the (B, 192, 192, 200)
+  Separable, with a few taps per sample in both directions (`_resample_axis`): the (B, 192, 192, 200)
   output is the largest tensor of the network.
 
   Args:
     x: (B, H, W, C).
     factor: integer scale.
+    kind: 'linear' or 'bspline' (`INTERPOLATIONS`).
   Returns:
     (B, factor*H, factor*W, C), same dtype as x.
   """
   _, h, w, _ = x.shape
-  return _lerp_axis(_lerp_axis(x, 1, h, factor * h), 2, w, factor * w)
+  return _resample_axis(_resample_axis(x, 1, h, factor * h, kind), 2, w, factor * w, kind)
 
 
-def sample_bilinear(x: jax.Array, rows: jax.Array, cols: jax.Array, factor: int = 4) -> jax.Array:
-  """`upsample_bilinear(x, factor)` at chosen output rows and columns only, per example.
+def sample_bilinear(x: jax.Array, rows: jax.Array, cols: jax.Array, factor: int = 4,
+                    kind: str = "linear") -> jax.Array:
+  """`upsample_bilinear(x, factor, kind)` at chosen output rows and columns only, per example.
 
   Args:
     x: (B, h, w, C).
     rows: (B, R) int output rows (in [0, factor*h)) of each example.
     cols: (B, S) int output columns (in [0, factor*w)).
   Returns:
-    (B, R, S, C), x.dtype: out[b, i, j] = upsample_bilinear(x, factor)[b, rows[b, i], cols[b, j]].
+    (B, R, S, C), x.dtype: out[b, i, j] = upsample_bilinear(x, factor, kind)[b, rows[b, i], cols[b, j]].
   """
   _, h, w, _ = x.shape
-  my = jnp.asarray(bilinear_matrix(h, factor * h), x.dtype)[rows]  # (B, R, h)
-  mx = jnp.asarray(bilinear_matrix(w, factor * w), x.dtype)[cols]  # (B, S, w)
+  my = jnp.asarray(interpolation_matrix(h, factor * h, kind), x.dtype)[rows]  # (B, R, h)
+  mx = jnp.asarray(interpolation_matrix(w, factor * w, kind), x.dtype)[cols]  # (B, S, w)
   return jnp.einsum("bsw,brwc->brsc", mx, jnp.einsum("brh,bhwc->brwc", my, x))
 
 

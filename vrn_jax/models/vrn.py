@@ -12,7 +12,10 @@ CPU config runs VRN's hourglasses at 24x24, `VRN.body_stride`; the head stays at
 regresses every pixel at full resolution: bilinear interpolation of the logits of two neighbours whose
 surfaces lie at different depths keeps one neighbour's surface up to half way and then jumps to the
 other's (the logits along z are near steps), so a 48x48 head draws 4-pixel terraces; a per-pixel layer
-after the interpolation can move the surface smoothly between them. Heatmaps take
+after the interpolation can move the surface smoothly between them. Linear interpolation of the
+features still bends only at the 48x48 samples, so the per-pixel layer draws a faint 4-pixel grid on the
+surface; `head_upsample='features_bspline'` interpolates them with the cubic B-spline
+(`layers.bspline_matrix`), smooth everywhere, at the same training cost. Heatmaps take
 the same route: regressed at 48x48, upsampled to 192x192. We chose full resolution for heatmaps because
 the paper's guidance heatmaps are sigma = 1 px Gaussians *at 192* stacked with the RGB input: at 48x48
 they would be a quarter-pixel wide, i.e. not representable, and the detector's output can be fed to the
@@ -34,7 +37,10 @@ VOLUME_DEPTH = 200
 NUM_LANDMARKS = 68
 OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool (or 4x4 patches); the head's x4 bilinear upsample
 BODY_STRIDES = (1, 2)  # VRN.body_stride: hourglasses at the stem's resolution, or at half of it
-HEAD_UPSAMPLES = ("logits", "features")  # what the volume head upsamples x4 (see the module doc)
+# What the volume head upsamples x4, and how (see the module doc): its logits linearly, or its features
+# linearly or with the cubic B-spline.
+HEAD_UPSAMPLES = ("logits", "features", "features_bspline")
+_FEATURE_INTERPOLATION = {"features": "linear", "features_bspline": "bspline"}
 
 
 class Stem(nn.Module):
@@ -111,8 +117,8 @@ class UpsampledHead(nn.Module):
 
 
 class FeatureUpsampledHead(nn.Module):
-  """conv1x1-BN-ReLU at the body's resolution, bilinear x4 of those features (align_corners=True), then
-  conv1x1-BN-ReLU and conv1x1 -> outputs per pixel at the input resolution.
+  """conv1x1-BN-ReLU at the body's resolution, x4 of those features (align_corners=True; `interpolation`
+  'linear' or 'bspline'), then conv1x1-BN-ReLU and conv1x1 -> outputs per pixel at the input resolution.
 
   (B, h, w, features) -> (B, 4h, 4w, num_outputs) float32; with `at` = (rows (B, R), cols (B, S)), the
   outputs at those rows and columns of the full-resolution grid only, (B, R, S, num_outputs): what
@@ -122,11 +128,15 @@ class FeatureUpsampledHead(nn.Module):
   features: int
   conv: ModuleDef
   norm: ModuleDef
+  interpolation: str = "linear"
 
   @nn.compact
   def __call__(self, x: jax.Array, at: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     x = conv_bn_relu(x, self.features, self.conv, self.norm, name="hidden")
-    x = upsample_bilinear(x, OUTPUT_STRIDE) if at is None else sample_bilinear(x, *at, OUTPUT_STRIDE)
+    if at is None:
+      x = upsample_bilinear(x, OUTPUT_STRIDE, self.interpolation)
+    else:
+      x = sample_bilinear(x, *at, OUTPUT_STRIDE, self.interpolation)
     x = conv_bn_relu(x, self.features, self.conv, self.norm, name="pixel")
     return self.conv(self.num_outputs, (1, 1), padding=0, name="out")(x).astype(jnp.float32)
 
@@ -134,21 +144,23 @@ class FeatureUpsampledHead(nn.Module):
 def volume_head(kind: str, x: jax.Array, depth: int, features: int, conv: ModuleDef, norm: ModuleDef,
                 name: str, upsample: bool = True,
                 at: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-  """The volume head `kind` ('logits': `UpsampledHead`, 'features': `FeatureUpsampledHead`) on x.
+  """The volume head `kind` ('logits': `UpsampledHead`; 'features', 'features_bspline':
+  `FeatureUpsampledHead`) on x.
 
   upsample=False ('logits' only): the logits before the x4; at: rows and columns of the full
-  resolution ('features' only).
+  resolution (the 'features' heads only).
   """
   if kind == "logits":
     if at is not None:
-      raise ValueError("volume_at is for head_upsample='features'; the 'logits' head's loss takes its "
-                       "logits before the upsample (upsample_volume=False)")
+      raise ValueError("volume_at is for head_upsample='features' or 'features_bspline'; the 'logits' "
+                       "head's loss takes its logits before the upsample (upsample_volume=False)")
     return UpsampledHead(depth, features, conv, norm, name=name)(x, upsample)
-  if kind == "features":
+  if kind in _FEATURE_INTERPOLATION:
     if not upsample:
-      raise ValueError("upsample_volume=False is for head_upsample='logits'; the 'features' head "
-                       "evaluates chosen pixels through volume_at")
-    return FeatureUpsampledHead(depth, features, conv, norm, name=name)(x, at)
+      raise ValueError("upsample_volume=False is for head_upsample='logits'; the 'features' heads "
+                       "evaluate chosen pixels through volume_at")
+    return FeatureUpsampledHead(depth, features, conv, norm, _FEATURE_INTERPOLATION[kind],
+                                name=name)(x, at)
   raise ValueError(f"head_upsample {kind!r}: expected one of {HEAD_UPSAMPLES}")
 
 
@@ -174,7 +186,8 @@ class VRN(nn.Module):
       them at 24x24 (maxpool), then adds their nearest-upsampled output to the stem's and merges the sum
       with one residual module at 48x48 before the head. The hourglass depth must then be <= 3.
     volume_depth: output channels = z samples (200).
-    head_upsample: 'logits' (the paper's and release's head) or 'features' (`FeatureUpsampledHead`).
+    head_upsample: 'logits' (the paper's and release's head), 'features' or 'features_bspline'
+      (`FeatureUpsampledHead`).
     dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
     bn_axis_name: axis name for cross-replica BatchNorm statistics, or None for per-replica ones.
   """
