@@ -28,8 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.body_stride = 2
   # The head upsamples its features and regresses every pixel at 192x192 (`FeatureUpsampledHead`): no
   # 4-pixel terraces from upsampled logits, and a cheaper training step than the paper's head with this
-  # loss (docs/experiments.md has the race).
-  config.model.head_upsample = "features"
+  # loss. It upsamples them with the cubic B-spline: linear interpolation left a 4-pixel grid on the
+  # surface (`photo_metrics.surface_grid` 2.4-2.7 against 1.2; docs/experiments.md has the races).
+  config.model.head_upsample = "features_bspline"
 
   config.data = ml_collections.ConfigDict(dict(
       # tfds' own convention: $TFDS_DATA_DIR where set.
