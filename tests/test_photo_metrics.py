@@ -266,6 +266,7 @@ def test_photo_metrics_command_on_the_fixtures(reference, tmp_path):
   report = json.loads((out / "photo_metrics.json").read_text())
   for key in ("model", "goals", "definitions", "reference", "summary", "faces"):
     assert key in report, key
+  assert set(report["definitions"]) >= {"hull_coverage", "relief", "landmark_nme", "surface_grid"}
   assert report["model"]["step"] == 3 and report["goals"]["hull_coverage"] == 0.97
   names = sorted(f["name"] for f in report["faces"])
   assert names == sorted(os.path.splitext(p)[0] for p in os.listdir(photos) if p.endswith(".jpg"))
@@ -325,4 +326,6 @@ def test_predicted_landmarks_are_scored_against_the_given_ones(reference, tmp_pa
   d = np.linalg.norm(given[36] - given[45])
   assert row["landmark_nme"] == pytest.approx(np.mean(np.linalg.norm(predicted - given, axis=1)) / d)
   assert row["passes"]["landmark_nme"] is (row["landmark_nme"] <= pm.GOALS["landmark_nme"])
+  # A ball drawn analytically at every pixel has no grid.
+  assert row["surface_grid"] == pytest.approx(1.0, abs=0.1)
   assert sheet.shape[1] == 4 * 256

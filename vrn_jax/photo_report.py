@@ -536,6 +536,9 @@ def reconstruct_and_score(workdir: str, images: str, output_dir: str, config=Non
                           "outer interocular distance (37-46)",
           "yaw_estimate_deg": "|yaw| of a scaled orthographic fit of the reference's frontal template to "
                               "landmarks 18-68",
+          "surface_grid": "mean |second difference| of the front surface's depth at rows and columns "
+                          "within 1 px of the heads' 48x48 samples over the same >= 1.5 px from one, "
+                          f"{photo_metrics.GRID_INSET_PX} px inside the silhouette (1: no grid)",
       },
       "reference_source": reference_note,
       "reference": reference,  # with its template: `load_reference` takes a photo_metrics.json too
