@@ -586,3 +586,12 @@ def test_torch_train_step_matches_ours():
   # running_var: PyTorch updates with the unbiased batch variance, flax the biased: 0.1 / (n - 1) with
   # n >= 2*8*8 (the innermost level at 128x128) is 7.9e-4 at most.
   assert stat_err <= 2e-3
+
+
+@pytest.mark.parametrize("field,value", [("head_upsample", "features_bspline"), ("stem", "patchify"),
+                                         ("body_stride", 2)])
+def test_torch_twin_refuses_parts_it_does_not_build(field, value):
+  """The PyTorch twin builds the paper's stem, body and head: a config asking for another is refused by
+  name, not compared against a different network."""
+  with pytest.raises(ValueError, match=f"{field} {value!r}"):
+    tr.build_torch_vrn({"features": 8, "depth": 1, "num_hourglasses": 1, field: value})

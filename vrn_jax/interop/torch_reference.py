@@ -262,6 +262,10 @@ def _vrn_fields(model_config) -> dict:
   fields.update(given)
   if fields["variant"] != "vrn":
     raise ValueError(f"PyTorch twins exist for variant 'vrn' only, got {fields['variant']!r}")
+  if fields["head_upsample"] != "logits" or fields["stem"] != "conv7x7" or fields["body_stride"] != 1:
+    raise ValueError("PyTorch twins build the paper's stem, body and head (stem 'conv7x7', body_stride 1, "
+                     f"head_upsample 'logits'), got stem {fields['stem']!r}, body_stride "
+                     f"{fields['body_stride']!r}, head_upsample {fields['head_upsample']!r}")
   return fields
 
 
