@@ -148,23 +148,30 @@ def upsample_nearest2(x: jax.Array) -> jax.Array:
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
+def _align_corners_matrix(size_in: int, size_out: int, first: int, weights) -> np.ndarray:
+  """(size_out, size_in) float64 matrix whose output i, at input coordinate j + t =
+  i * (size_in - 1) / (size_out - 1) (align_corners=True), takes `weights(t)`[i, k] of input
+  j + first + k, indices clamped to the ends."""
+  m = np.zeros((size_out, size_in))
+  if size_in == 1 or size_out == 1:
+    m[:, 0] = 1.0
+    return m
+  src = np.arange(size_out) * (size_in - 1) / (size_out - 1)
+  j = np.minimum(np.floor(src).astype(int), size_in - 2)
+  w = weights(src - j)
+  rows = np.arange(size_out)
+  for k in range(w.shape[1]):
+    np.add.at(m, (rows, np.clip(j + first + k, 0, size_in - 1)), w[:, k])
+  return m
+
+
 def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   """(size_out, size_in) float64 matrix of 1-D linear interpolation with align_corners=True.
 
   Output sample i sits at input coordinate i * (size_in - 1) / (size_out - 1): first and last samples of
   both grids coincide (the release's SpatialUpSamplingBilinear).
   """
-  m = np.zeros((size_out, size_in))
-  if size_in == 1 or size_out == 1:
-    m[:, 0] = 1.0
-    return m
-  src = np.arange(size_out) * (size_in - 1) / (size_out - 1)
-  lo = np.minimum(np.floor(src).astype(int), size_in - 2)
-  frac = src - lo
-  rows = np.arange(size_out)
-  m[rows, lo] = 1.0 - frac
-  m[rows, lo + 1] += frac
-  return m
+  return _align_corners_matrix(size_in, size_out, 0, lambda t: np.stack([1.0 - t, t], axis=1))
 
 
 def bilinear_row_blocks(size_in: int, size_out: int, rows: int,
@@ -203,19 +210,10 @@ def bspline_matrix(size_in: int, size_out: int) -> np.ndarray:
   on samples j-1..j+2 at fractional position j + t. It smooths as it upsamples (at t = 0 the weights are
   (1, 4, 1)/6); the layers around it are learnt, so it need not pass through the samples.
   """
-  m = np.zeros((size_out, size_in))
-  if size_in == 1 or size_out == 1:
-    m[:, 0] = 1.0
-    return m
-  src = np.arange(size_out) * (size_in - 1) / (size_out - 1)
-  j = np.minimum(np.floor(src).astype(int), size_in - 2)
-  t = src - j
-  weights = np.stack([(1 - t) ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1,
-                      t ** 3], axis=1) / 6.0
-  rows = np.arange(size_out)
-  for k in range(4):
-    np.add.at(m, (rows, np.clip(j - 1 + k, 0, size_in - 1)), weights[:, k])
-  return m
+  return _align_corners_matrix(
+      size_in, size_out, -1,
+      lambda t: np.stack([(1 - t) ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1,
+                          t ** 3], axis=1) / 6.0)
 
 
 INTERPOLATIONS = ("linear", "bspline")
