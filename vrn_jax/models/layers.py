@@ -201,8 +201,8 @@ def bilinear_row_blocks(size_in: int, size_out: int, rows: int,
 
 
 def bspline_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """(size_out, size_in) float64 matrix of the uniform cubic B-spline through the input samples as
-  control points, at the positions `bilinear_matrix` samples (align_corners=True), the ends clamped.
+  """(size_out, size_in) float64 matrix of the uniform cubic B-spline with the input samples as control
+  points, at the positions `bilinear_matrix` samples (align_corners=True), the ends clamped.
 
   Unlike linear interpolation, whose output bends only at the input samples (a kink every `factor`
   outputs, which a layer after it turns into a grid on the predicted surface), the B-spline is twice
