@@ -34,7 +34,7 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import ndimage, optimize
 from scipy.spatial import Delaunay, cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -190,18 +190,15 @@ def surface_grid(front: np.ndarray) -> float:
   front = np.asarray(front, np.float64)
   if front.shape != VOLUME_SHAPE[:2]:
     raise InputError(f"surface_grid: front surface has shape {front.shape}; expected {VOLUME_SHAPE[:2]}.")
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-
   inside = ndimage.binary_erosion(np.isfinite(front), iterations=GRID_INSET_PX)
   centre = np.arange(1, front.shape[0] - 1)  # the centre row of each second difference
-  dist = np.min(np.abs(centre[:, None] - HEAD_SAMPLES[None, :]), axis=1)
+  dist = np.min(np.abs(centre[:, None] - HEAD_SAMPLES[None, :]), axis=1)[:, None]
   near, far = [], []
-  for axis in (0, 1):
-    d2 = np.abs(np.diff(front, 2, axis=axis))
-    ok = (inside[1:-1] if axis == 0 else inside[:, 1:-1]) & np.isfinite(d2)
-    line = (lambda m: m[:, None]) if axis == 0 else (lambda m: m[None, :])
-    near.append(d2[ok & line(dist < 1.0)])
-    far.append(d2[ok & line(dist >= 1.5)])
+  for surface, mask in ((front, inside), (front.T, inside.T)):  # along y, then along x
+    d2 = np.abs(np.diff(surface, 2, axis=0))
+    ok = mask[1:-1] & np.isfinite(d2)
+    near.append(d2[ok & (dist < 1.0)])
+    far.append(d2[ok & (dist >= 1.5)])
   near, far = np.concatenate(near), np.concatenate(far)
   if near.size == 0 or far.size == 0 or far.mean() == 0:
     return math.nan

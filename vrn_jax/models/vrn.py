@@ -39,8 +39,8 @@ OUTPUT_STRIDE = 4  # stem: conv7x7/2 and a maxpool (or 4x4 patches); the head's 
 BODY_STRIDES = (1, 2)  # VRN.body_stride: hourglasses at the stem's resolution, or at half of it
 # What the volume head upsamples x4, and how (see the module doc): its logits linearly, or its features
 # linearly or with the cubic B-spline.
-HEAD_UPSAMPLES = ("logits", "features", "features_bspline")
 _FEATURE_INTERPOLATION = {"features": "linear", "features_bspline": "bspline"}
+HEAD_UPSAMPLES = ("logits", *_FEATURE_INTERPOLATION)
 
 
 class Stem(nn.Module):
