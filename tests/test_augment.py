@@ -156,3 +156,26 @@ def test_photometric_augmentation_changes_the_image_only():
   _, plain_target, _ = augment.augment_example(None, example, None, train=False)
   np.testing.assert_array_equal(np.asarray(target), np.asarray(plain_target))
   assert np.abs(np.asarray(image) - img).mean() > 0.01
+
+
+def test_no_augmentation_is_the_identity_transform():
+  """With augmentation off (or at evaluation) the example is used as stored: the same image (within
+  float32 rounding), target and landmarks as the warp and photometric pass at identity parameters."""
+  rng = np.random.default_rng(3)
+  verts, f, r = _face()
+  compact = encode_volume(verts, f, r)
+  example = {"image": jnp.asarray(rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)),
+             "volume_depth": jnp.asarray(compact.depth), "volume_back": jnp.float32(compact.back),
+             "volume_step": jnp.float32(compact.step), "volume_affine": jnp.asarray(compact.affine),
+             "landmarks": jnp.asarray(rng.uniform(0, 192, (68, 3)).astype(np.float32))}
+  params = augment.identity_params()
+  want_image = augment.augment_image(example["image"], params)
+  want_target = augment.decode_volume_jax(
+      example["volume_depth"], example["volume_back"], example["volume_step"],
+      augment.augmented_affine(example["volume_affine"], params))
+  want_landmarks = augment.augment_landmarks(example["landmarks"], params)
+  for train, cfg in ((False, augment.AugmentConfig()), (True, None)):
+    image, target, landmarks = augment.augment_example(jax.random.key(0), example, cfg, train=train)
+    np.testing.assert_allclose(np.asarray(image), np.asarray(want_image), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(target), np.asarray(want_target))
+    np.testing.assert_allclose(np.asarray(landmarks), np.asarray(want_landmarks), atol=1e-4)

@@ -416,6 +416,35 @@ def test_volume_loss_matches_float64_reference():
   assert float(models.volume_loss(jnp.full((4,), 1e4), jnp.ones((4,)))) == 0.0
 
 
+def test_thin_column_loss_against_float64_and_its_minimiser():
+  """Weight 1 is the paper's loss. Otherwise: against a float64 reference, and for one logit shared by
+  a column's voxels, the loss is smallest at p = w q / (w q + 1 - q) (q its filled share) in a thin
+  column, and at q in a thick one."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 4, (2, 3, 5, 60)).astype(np.float32)
+  target = np.zeros((2, 3, 5, 60), bool)
+  lengths = rng.integers(0, 60, (2, 3, 5))
+  for idx in np.ndindex(lengths.shape):
+    target[idx][10: 10 + lengths[idx]] = True
+  x, t = jnp.asarray(logits), jnp.asarray(target)
+  np.testing.assert_allclose(float(models.thin_column_volume_loss(x, t, 1.0, 40)),
+                             float(models.volume_loss(x, t)), rtol=1e-6)
+  x64, t64 = logits.astype(np.float64), target.astype(np.float64)
+  w = np.where((lengths > 0) & (lengths <= 40), 3.0, 1.0)[..., None]
+  want = np.mean(t64 * w * np.logaddexp(0, -x64) + (1 - t64) * np.logaddexp(0, x64))
+  np.testing.assert_allclose(float(models.thin_column_volume_loss(x, t, 3.0, 40)), want, rtol=1e-5)
+
+  def best_p(filled, size=100):
+    column = jnp.arange(size) < filled
+    grid = jnp.linspace(-6.0, 6.0, 4801)
+    losses = jax.vmap(lambda v: models.thin_column_volume_loss(jnp.full((size,), v), column, 3.0, 40))(grid)
+    return float(jax.nn.sigmoid(grid[jnp.argmin(losses)]))
+
+  assert abs(best_p(25) - 3 * 0.25 / (3 * 0.25 + 0.75)) < 2e-3  # thin: 0.5 where q is 0.25
+  assert abs(best_p(60) - 0.6) < 2e-3  # thick: the filled share itself
+
+
+
 @pytest.mark.parametrize("target_dtype", [np.bool_, np.uint8, np.float32])
 def test_upsampled_volume_loss_is_the_loss_of_the_upsampled_volume(target_dtype):
   """The fused loss (blocks of upsampled rows, never the whole volume) against float64 NumPy: the loss

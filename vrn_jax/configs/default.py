@@ -95,6 +95,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # voxels, every voxel equally likely, an unbiased estimate of the paper's loss (1 = all of them, the
   # paper's; configs/vrn*.py); the targets are decoded only there.
   config.loss_stride = 8
+  # The filled voxels of thin target columns (1 to thin_column_voxels filled: the face's edge) weighted
+  # this much in the loss (`models.thin_column_volume_loss`; 1 = the paper's loss): where the network is
+  # unsure of the depth there, the 0.5 isosurface otherwise loses those columns and the silhouette
+  # shrinks (docs/experiments.md, "Why the silhouettes come out narrow").
+  config.thin_column_weight = 1.0
+  config.thin_column_voxels = 40
   # > 0: evaluate (and save) an exponential moving average of the weights.
   config.ema_decay = 0.995
   config.global_batch_size = 8

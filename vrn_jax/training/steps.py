@@ -76,6 +76,17 @@ def loss_stride(config) -> int:
   return stride
 
 
+def thin_column_weight(config) -> float:
+  """config.thin_column_weight (1, the paper's loss, when absent), checked against the head it needs."""
+  weight = float(config.get("thin_column_weight", 1.0))
+  if weight < 1.0:
+    raise InputError(f"config thin_column_weight {weight!r}: expected >= 1 (1: the paper's loss).")
+  if weight != 1.0 and config.model.get("head_upsample", "logits") == "logits":
+    raise InputError("config thin_column_weight != 1 needs model.head_upsample 'features' or "
+                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  return weight
+
+
 def augment_config(config) -> augment.AugmentConfig | None:
   """config.augment as an `augment.AugmentConfig` (None when off); fields a config lacks (one saved
   before they existed) keep AugmentConfig's defaults."""
@@ -137,6 +148,9 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
     stride = 1 if offsets is None else loss_stride(config)
     loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
                                         offsets=offsets)
+  elif train and thin_column_weight(config) != 1.0:
+    loss = models.thin_column_volume_loss(logits, targets, thin_column_weight(config),
+                                          config.thin_column_voxels)
   else:
     loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
