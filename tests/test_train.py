@@ -406,7 +406,7 @@ def test_muon_orthogonalises_the_kernels_and_leaves_the_rest_to_rmsprop():
 
 
 def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
-  """The schedule, the optimiser, the loss stride and the average's decay are checked before the
+  """The schedule, the optimiser, the loss stride and weights and the average's decay are checked before the
   dataset: the error names them even where there is no dataset (where run_train.py would otherwise
   first build one)."""
   import importlib
@@ -435,5 +435,14 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
     loop.train_and_evaluate(config, str(tmp_path / "w4"))
   assert not os.path.exists(tmp_path / "w4")
   config.ema_decay = 0.9
+  config.model.head_upsample = "logits"
+  with pytest.raises(files.InputError, match="thin_column_weight != 1 needs model.head_upsample"):
+    loop.train_and_evaluate(config, str(tmp_path / "w5"))
+  config.thin_column_weight = 0.5
+  config.model.head_upsample = "features"
+  with pytest.raises(files.InputError, match="thin_column_weight 0.5: expected >= 1"):
+    loop.train_and_evaluate(config, str(tmp_path / "w5"))
+  assert not os.path.exists(tmp_path / "w5")
+  config.thin_column_weight = 3.0
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))

@@ -98,8 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The filled voxels of thin target columns (1 to thin_column_voxels filled: the face's edge) weighted
   # this much in the loss (`models.thin_column_volume_loss`; 1 = the paper's loss): where the network is
   # unsure of the depth there, the 0.5 isosurface otherwise loses those columns and the silhouette
-  # shrinks (docs/experiments.md, "Why the silhouettes come out narrow").
-  config.thin_column_weight = 1.0
+  # shrinks, on real photos most (docs/experiments.md, "Why the silhouettes come out narrow").
+  config.thin_column_weight = 3.0
   config.thin_column_voxels = 40
   # > 0: evaluate (and save) an exponential moving average of the weights.
   config.ema_decay = 0.995

@@ -136,6 +136,7 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
   # volume in memory); the returned logits are then (B, 48, 48, 200). The 'features' head is evaluated
   # where the targets were sampled (all of the volume at loss_stride 1). Evaluation gets the full volume.
   fused = train and config.model.get("head_upsample", "logits") == "logits"
+  thin_weight = thin_column_weight(config) if train else 1.0
   if train and not fused and offsets is not None:
     stride = loss_stride(config)
     grid = jnp.arange(0, images.shape[1], stride)
@@ -148,9 +149,8 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
     stride = 1 if offsets is None else loss_stride(config)
     loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
                                         offsets=offsets)
-  elif train and thin_column_weight(config) != 1.0:
-    loss = models.thin_column_volume_loss(logits, targets, thin_column_weight(config),
-                                          config.thin_column_voxels)
+  elif thin_weight != 1.0:
+    loss = models.thin_column_volume_loss(logits, targets, thin_weight, config.thin_column_voxels)
   else:
     loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
