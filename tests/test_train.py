@@ -442,7 +442,11 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   config.model.head_upsample = "features"
   with pytest.raises(files.InputError, match="thin_column_weight 0.5: expected >= 1"):
     loop.train_and_evaluate(config, str(tmp_path / "w5"))
-  assert not os.path.exists(tmp_path / "w5")
   config.thin_column_weight = 3.0
+  config.thin_column_voxels = 0
+  with pytest.raises(files.InputError, match="thin_column_voxels 0: expected a whole number"):
+    loop.train_and_evaluate(config, str(tmp_path / "w5"))
+  assert not os.path.exists(tmp_path / "w5")
+  config.thin_column_voxels = 40
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))

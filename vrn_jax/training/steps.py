@@ -84,6 +84,10 @@ def thin_column_weight(config) -> float:
   if weight != 1.0 and config.model.get("head_upsample", "logits") == "logits":
     raise InputError("config thin_column_weight != 1 needs model.head_upsample 'features' or "
                      "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  voxels = config.get("thin_column_voxels", None)
+  if weight != 1.0 and not (isinstance(voxels, int) and 1 <= voxels <= config.model.volume_depth):
+    raise InputError(f"config thin_column_voxels {voxels!r}: expected a whole number of voxels from 1 to "
+                     f"{config.model.volume_depth} (the most a column holds to count as thin).")
   return weight
 
 
