@@ -406,9 +406,9 @@ def test_muon_orthogonalises_the_kernels_and_leaves_the_rest_to_rmsprop():
 
 
 def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
-  """The schedule, the optimiser, the loss stride and weights and the average's decay are checked before the
-  dataset: the error names them even where there is no dataset (where run_train.py would otherwise
-  first build one)."""
+  """The schedule, the optimiser, the loss stride and weights and the average's decay are checked
+  before the dataset: the error names them even where there is no dataset (where run_train.py would
+  otherwise first build one)."""
   import importlib
 
   from vrn_jax import files
@@ -425,28 +425,25 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   with pytest.raises(files.InputError, match="optim.name 'sgd'"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))
   config.optim.name = "muon"
-  config.loss_stride = 3
-  with pytest.raises(files.InputError, match="loss_stride 3: expected 1"):
-    loop.train_and_evaluate(config, str(tmp_path / "w3"))
-  assert not os.path.exists(tmp_path / "w3")  # nothing written
-  config.loss_stride = 2
-  config.ema_decay = 1.0
-  with pytest.raises(files.InputError, match="ema_decay 1.0: expected 0"):
-    loop.train_and_evaluate(config, str(tmp_path / "w4"))
-  assert not os.path.exists(tmp_path / "w4")
-  config.ema_decay = 0.9
-  config.model.head_upsample = "logits"
-  with pytest.raises(files.InputError, match="thin_column_weight != 1 needs model.head_upsample"):
-    loop.train_and_evaluate(config, str(tmp_path / "w5"))
-  config.thin_column_weight = 0.5
-  config.model.head_upsample = "features"
-  with pytest.raises(files.InputError, match="thin_column_weight 0.5: expected >= 1"):
-    loop.train_and_evaluate(config, str(tmp_path / "w5"))
-  config.thin_column_weight = 3.0
-  config.thin_column_voxels = 0
-  with pytest.raises(files.InputError, match="thin_column_voxels 0: expected a whole number"):
-    loop.train_and_evaluate(config, str(tmp_path / "w5"))
-  assert not os.path.exists(tmp_path / "w5")
+  # Each case: fields set (the earlier cases' fixed first), then the error naming them; nothing written.
+  cases = [({"loss_stride": 3}, "loss_stride 3: expected 1"),
+           ({"loss_stride": 2, "ema_decay": 1.0}, "ema_decay 1.0: expected 0"),
+           ({"ema_decay": 0.9, "model.head_upsample": "logits"},
+            "thin_column_weight != 1 needs model.head_upsample"),
+           ({"model.head_upsample": "features", "thin_column_weight": 0.5},
+            "thin_column_weight 0.5: expected >= 1"),
+           ({"thin_column_weight": 3.0, "thin_column_voxels": 0},
+            "thin_column_voxels 0: expected a whole number")]
+  for i, (fields, match) in enumerate(cases):
+    for name, value in fields.items():
+      *parents, leaf = name.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+    with pytest.raises(files.InputError, match=match):
+      loop.train_and_evaluate(config, str(tmp_path / f"w{i}"))
+    assert not os.path.exists(tmp_path / f"w{i}")  # nothing written
   config.thin_column_voxels = 40
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))
