@@ -27,7 +27,7 @@ def test_analytic_flops_match_xla_cost_analysis(topology):
   model_fields = {k: v for k, v in shape.items() if k != "image_size"}
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   params = models.count_parameters(
-      models.get_model(**model_fields).lazy_init(jax.random.key(0), images)["params"])
+      jax.eval_shape(models.get_model(**model_fields).init, jax.random.key(0), images)["params"])
   xla_forward = flops.xla_model_flops(False, image_size=64, **model_fields)
   xla_train = flops.xla_model_flops(True, image_size=64, **model_fields)
   count = flops.vrn_flops(exact_borders=True, **shape)
@@ -55,7 +55,7 @@ def test_paper_size_counts_match_the_models():
   assert release.train == pytest.approx(3 * release.forward, rel=0.02)
   # The standard hourglass's recursion at depth 4: the analytic walk has exactly the model's layers.
   images = jax.ShapeDtypeStruct((1, 192, 192, 3), jnp.float32)
-  variables = models.get_model(topology="standard").lazy_init(jax.random.key(0), images)
+  variables = jax.eval_shape(models.get_model(topology="standard").init, jax.random.key(0), images)
   assert flops.vrn_flops(topology="standard").params == models.count_parameters(variables["params"])
 
 
