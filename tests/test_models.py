@@ -428,21 +428,86 @@ def test_thin_column_loss_against_float64_and_its_minimiser():
   for idx in np.ndindex(lengths.shape):
     target[idx][10: 10 + lengths[idx]] = True
   x, t = jnp.asarray(logits), jnp.asarray(target)
-  np.testing.assert_allclose(float(models.thin_column_volume_loss(x, t, 1.0, 40)),
+  np.testing.assert_allclose(float(models.weighted_volume_loss(x, t, 1.0, 40)),
                              float(models.volume_loss(x, t)), rtol=1e-6)
   x64, t64 = logits.astype(np.float64), target.astype(np.float64)
   w = np.where((lengths > 0) & (lengths <= 40), 3.0, 1.0)[..., None]
   want = np.mean(t64 * w * np.logaddexp(0, -x64) + (1 - t64) * np.logaddexp(0, x64))
-  np.testing.assert_allclose(float(models.thin_column_volume_loss(x, t, 3.0, 40)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(models.weighted_volume_loss(x, t, 3.0, 40)), want, rtol=1e-5)
 
   def best_p(filled, size=100):
     column = jnp.arange(size) < filled
     grid = jnp.linspace(-6.0, 6.0, 4801)
-    losses = jax.vmap(lambda v: models.thin_column_volume_loss(jnp.full((size,), v), column, 3.0, 40))(grid)
+    losses = jax.vmap(lambda v: models.weighted_volume_loss(jnp.full((size,), v), column, 3.0, 40))(grid)
     return float(jax.nn.sigmoid(grid[jnp.argmin(losses)]))
 
   assert abs(best_p(25) - 3 * 0.25 / (3 * 0.25 + 0.75)) < 2e-3  # thin: 0.5 where q is 0.25
   assert abs(best_p(60) - 0.6) < 2e-3  # thick: the filled share itself
+
+
+def _relief_reference(target, window):
+  """`models.relief_voxels` by loops in float64: each column's front surface against the mean of the
+  filled columns' front surfaces in the window (clipped at the edges)."""
+  *lead, h, w, depth = target.shape
+  bump, hollow = np.zeros(target.shape, bool), np.zeros(target.shape, bool)
+  r = window // 2
+  for idx in np.ndindex(*lead):
+    occupied = target[idx]
+    filled = occupied.any(-1)
+    front = np.where(filled, depth - 1 - np.argmax(occupied[..., ::-1], axis=-1), -1).astype(np.float64)
+    for y, x in np.ndindex(h, w):
+      if not filled[y, x]:
+        continue
+      around = filled[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1]
+      mean = front[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1][around].mean()
+      for z in range(depth):
+        if occupied[y, x, z]:
+          bump[idx][y, x, z] = z > mean
+        else:
+          hollow[idx][y, x, z] = front[y, x] < z <= mean
+  return bump, hollow
+
+
+def test_relief_voxels_and_their_weight_against_float64():
+  """The relief (voxels between the front surface and its local mean) against loops in float64; the
+  loss with it weighted against a float64 reference; and on a column of the relief the minimiser of a
+  shared logit moves as the thin columns' does."""
+  rng = np.random.default_rng(1)
+  heights = rng.integers(0, 30, (2, 9, 11))
+  heights[rng.uniform(size=heights.shape) < 0.2] = 0  # some empty columns
+  starts = rng.integers(0, 10, heights.shape)
+  z = np.arange(40)
+  target = (z >= starts[..., None]) & (z < (starts + heights)[..., None])
+  for window in (3, 5):
+    bump, hollow = models.relief_voxels(jnp.asarray(target), window)
+    want_bump, want_hollow = _relief_reference(target, window)
+    np.testing.assert_array_equal(np.asarray(bump), want_bump)
+    np.testing.assert_array_equal(np.asarray(hollow), want_hollow)
+    assert want_bump.any() and want_hollow.any()
+  logits = rng.normal(0, 4, target.shape).astype(np.float32)
+  x64, t64 = logits.astype(np.float64), target.astype(np.float64)
+  filled = target.sum(-1, keepdims=True)
+  w_filled = np.where((filled > 0) & (filled <= 20), 3.0, 1.0) * np.where(want_bump, 2.0, 1.0)
+  w_empty = np.where(want_hollow, 2.0, 1.0)
+  want = np.mean(t64 * w_filled * np.logaddexp(0, -x64) + (1 - t64) * w_empty * np.logaddexp(0, x64))
+  ours = models.weighted_volume_loss(jnp.asarray(logits), jnp.asarray(target), 3.0, 20, 2.0, 5)
+  np.testing.assert_allclose(float(ours), want, rtol=1e-5)
+  # A raised 3x3 patch (height 30) on a plane of height 10, weight 3: the patch's voxels above the
+  # local mean (bump) are kept where a shared logit gives them a quarter.
+  plane = np.full((1, 7, 7), 10)
+  plane[0, 2:5, 2:5] = 30
+  volume = np.arange(60) < plane[..., None]
+  bump, _ = models.relief_voxels(jnp.asarray(volume), 7)
+  grid = jnp.linspace(-6.0, 6.0, 4801)
+  # One logit shared by the centre column's voxels from z = 25 up (all above the mean, 12.7), a quarter
+  # of them filled; every other voxel confidently right (costs ~0).
+  column = jnp.asarray(volume[0, 3, 3, 25:45])
+  assert bool(jnp.all(bump[0, 3, 3, 25:30]))
+  confident = jnp.where(jnp.asarray(volume), 30.0, -30.0)
+  weights = jax.vmap(lambda v: models.weighted_volume_loss(
+      confident.at[0, 3, 3, 25:45].set(v), jnp.asarray(volume), 1.0, 1, 3.0, 7))
+  best = float(jax.nn.sigmoid(grid[jnp.argmin(weights(grid))]))
+  assert column.mean() == 0.25 and abs(best - 0.5) < 2e-3
 
 
 

@@ -433,7 +433,9 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
            ({"model.head_upsample": "features", "thin_column_weight": 0.5},
             "thin_column_weight 0.5: expected >= 1"),
            ({"thin_column_weight": 3.0, "thin_column_voxels": 0},
-            "thin_column_voxels 0: expected a whole number")]
+            "thin_column_voxels 0: expected a whole number"),
+           ({"thin_column_voxels": 40, "relief_weight": 0.5}, "relief_weight 0.5: expected >= 1"),
+           ({"relief_weight": 3.0, "relief_window_px": 4}, "relief_window_px 4: expected a whole number")]
   for i, (fields, match) in enumerate(cases):
     for name, value in fields.items():
       *parents, leaf = name.split(".")
@@ -444,6 +446,6 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
     with pytest.raises(files.InputError, match=match):
       loop.train_and_evaluate(config, str(tmp_path / f"w{i}"))
     assert not os.path.exists(tmp_path / f"w{i}")  # nothing written
-  config.thin_column_voxels = 40
+  config.relief_window_px = 40
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))

@@ -96,11 +96,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # paper's; configs/vrn*.py); the targets are decoded only there.
   config.loss_stride = 8
   # The filled voxels of thin target columns (1 to thin_column_voxels filled: the face's edge) weighted
-  # this much in the loss (`models.thin_column_volume_loss`; 1 = the paper's loss): where the network is
+  # this much in the loss (`models.weighted_volume_loss`; 1 = the paper's loss): where the network is
   # unsure of the depth there, the 0.5 isosurface otherwise loses those columns and the silhouette
   # shrinks, on real photos most (docs/experiments.md, "Why the silhouettes come out narrow").
   config.thin_column_weight = 3.0
   config.thin_column_voxels = 40
+  # The voxels between the front surface and its local mean over relief_window_px crop pixels (the
+  # nose in front of it, the eye sockets behind it) weighted this much in the loss
+  # (`models.weighted_volume_loss`; 1 = off).
+  config.relief_weight = 1.0
+  config.relief_window_px = 40
   # > 0: evaluate (and save) an exponential moving average of the weights.
   config.ema_decay = 0.995
   config.global_batch_size = 8

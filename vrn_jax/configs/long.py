@@ -14,4 +14,5 @@ def get_config(arg: str | None = None):
   # (0.842 against 0.851) for a wider outline on the photos (hull 0.984 / 0.959 against 0.974 / 0.945),
   # and the same number of photos meeting every goal (docs/experiments.md, rows long_bspline, long_thin).
   config.thin_column_weight = 1.0
+  config.relief_weight = 1.0
   return config

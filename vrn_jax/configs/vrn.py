@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
   config.model.head_upsample = "logits"  # the paper's and the release's head (the CPU default's differs)
   config.loss_stride = 1         # the loss on every voxel of every example, as in the paper
   config.thin_column_weight = 1.0  # and every voxel weighted alike
+  config.relief_weight = 1.0
   config.ema_decay = 0.0         # the paper evaluates the trained weights themselves
   # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
   config.optim.name = "rmsprop"

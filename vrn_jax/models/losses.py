@@ -26,9 +26,10 @@ def volume_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(_sigmoid_xent(x, t, jnp.exp(-jnp.abs(x))))
 
 
-def thin_column_volume_loss(logits: jax.Array, target: jax.Array, positive_weight: float,
-                            thin_voxels: int) -> jax.Array:
-  """`volume_loss` with the filled voxels of thin columns weighted `positive_weight` (not the paper's).
+def weighted_volume_loss(logits: jax.Array, target: jax.Array, thin_weight: float, thin_voxels: int,
+                         relief_weight: float = 1.0, relief_window: int = 5) -> jax.Array:
+  """`volume_loss` with the filled voxels of thin columns weighted `thin_weight`, and the voxels of the
+  surface's relief weighted `relief_weight` (not the paper's loss).
 
   A column (y, x) is thin when its target holds 1 to `thin_voxels` filled voxels: the face's edge,
   where the front surface meets the back plane. There a network unsure of the depth spreads its
@@ -36,10 +37,18 @@ def thin_column_volume_loss(logits: jax.Array, target: jax.Array, positive_weigh
   column: the silhouette shrinks. Weighting those voxels' positive term by w moves the loss's minimiser
   from p to w p / (w p + 1 - p), so a column the network gives 1/(1 + w) or more is kept.
 
+  The relief (`relief_voxels`): the voxels between each column's front surface and the local mean of
+  the front surfaces around it, filled where the surface stands out (the nose) and empty where it sinks
+  in (eye sockets, the mouth's corners). A network unsure of where a small feature lies blurs it into
+  its surroundings: the nose erodes, the hollows fill. Weighting those voxels' terms by w keeps the
+  feature wherever the network gives it 1/(1 + w) or more.
+
   Args:
-    logits, target: as `volume_loss`, (..., Z) with z last.
-    positive_weight: w >= 1 (1: `volume_loss`).
+    logits, target: as `volume_loss`, (..., H, W, Z) with z last.
+    thin_weight: w >= 1 for the thin columns' filled voxels (1: off).
     thin_voxels: the most filled voxels a column holds to count as thin.
+    relief_weight: w >= 1 for the relief's voxels (1: off).
+    relief_window: the side, in columns of `target`, of the square the local mean is taken over.
   Returns:
     () float32 mean over all voxels and the batch.
   """
@@ -47,10 +56,45 @@ def thin_column_volume_loss(logits: jax.Array, target: jax.Array, positive_weigh
   t = target.astype(jnp.float32)
   filled = jnp.sum(t, axis=-1, keepdims=True)
   thin = (filled > 0) & (filled <= thin_voxels)
-  w = jnp.where(thin, jnp.float32(positive_weight), 1.0)
+  w = jnp.where(thin, jnp.float32(thin_weight), 1.0)
+  w_empty = 1.0
+  if relief_weight != 1.0:
+    bump, hollow = relief_voxels(target, relief_window)
+    w = w * jnp.where(bump, jnp.float32(relief_weight), 1.0)
+    w_empty = jnp.where(hollow, jnp.float32(relief_weight), 1.0)
   e = jnp.log1p(jnp.exp(-jnp.abs(x)))
   # softplus(-x) for the filled voxels, softplus(x) for the empty ones.
-  return jnp.mean(t * w * (jnp.maximum(-x, 0.0) + e) + (1.0 - t) * (jnp.maximum(x, 0.0) + e))
+  return jnp.mean(t * w * (jnp.maximum(-x, 0.0) + e) + (1.0 - t) * w_empty * (jnp.maximum(x, 0.0) + e))
+
+
+def relief_voxels(target: jax.Array, window: int) -> tuple[jax.Array, jax.Array]:
+  """The voxels between each column's front surface and its neighbourhood's mean front surface.
+
+  front(y, x) is the largest z a column fills (z grows toward the camera); its local mean is taken over
+  the filled columns of the window x window square centred there (clipped at the edges).
+
+  Args:
+    target: (..., H, W, Z) binary occupancy.
+    window: odd side of the square, in columns.
+  Returns:
+    (bump, hollow), bool, target's shape: bump the filled voxels in front of the local mean (z > mean),
+    hollow the empty voxels of a filled column between its front surface and the mean
+    (front < z <= mean).
+  """
+  occupied = target > 0
+  z = jnp.arange(target.shape[-1], dtype=jnp.float32)
+  column = jnp.any(occupied, axis=-1)
+  front = jnp.max(jnp.where(occupied, z, -1.0), axis=-1)
+  dims = (1,) * (target.ndim - 3) + (window, window)
+  box = functools.partial(jax.lax.reduce_window, init_value=0.0, computation=jax.lax.add,
+                          window_dimensions=dims, window_strides=(1,) * (target.ndim - 1),
+                          padding="SAME")
+  count = box(column.astype(jnp.float32))
+  mean = box(jnp.where(column, front, 0.0)) / jnp.maximum(count, 1.0)
+  mean, front, column = mean[..., None], front[..., None], column[..., None]
+  bump = occupied & (z > mean)
+  hollow = ~occupied & column & (z > front) & (z <= mean)
+  return bump, hollow
 
 
 def volume_iou(pred: jax.Array, target: jax.Array) -> jax.Array:

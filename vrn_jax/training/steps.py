@@ -91,6 +91,24 @@ def thin_column_weight(config) -> float:
   return weight
 
 
+def relief_weight(config) -> tuple[float, int]:
+  """(config.relief_weight, its window in the loss's columns): 1 (off) when absent; checked."""
+  weight = float(config.get("relief_weight", 1.0))
+  if weight < 1.0:
+    raise InputError(f"config relief_weight {weight!r}: expected >= 1 (1: off).")
+  if weight == 1.0:
+    return weight, 1
+  if config.model.get("head_upsample", "logits") == "logits":
+    raise InputError("config relief_weight != 1 needs model.head_upsample 'features' or "
+                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  window_px = config.get("relief_window_px", None)
+  if not (isinstance(window_px, int) and 8 <= window_px <= 96):
+    raise InputError(f"config relief_window_px {window_px!r}: expected a whole number of crop pixels "
+                     "from 8 to 96 (the square the surface's local mean is taken over).")
+  # The loss sees every loss_stride-th column: the window in those, odd so that it is centred.
+  return weight, (window_px // loss_stride(config)) // 2 * 2 + 1
+
+
 def augment_config(config) -> augment.AugmentConfig | None:
   """config.augment as an `augment.AugmentConfig` (None when off); fields a config lacks (one saved
   before they existed) keep AugmentConfig's defaults."""
@@ -141,6 +159,7 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
   # where the targets were sampled (all of the volume at loss_stride 1). Evaluation gets the full volume.
   fused = train and config.model.get("head_upsample", "logits") == "logits"
   thin_weight = thin_column_weight(config) if train else 1.0
+  relief, relief_window = relief_weight(config) if train else (1.0, 1)
   if train and not fused and offsets is not None:
     stride = loss_stride(config)
     grid = jnp.arange(0, images.shape[1], stride)
@@ -153,8 +172,9 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
     stride = 1 if offsets is None else loss_stride(config)
     loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
                                         offsets=offsets)
-  elif thin_weight != 1.0:
-    loss = models.thin_column_volume_loss(logits, targets, thin_weight, config.thin_column_voxels)
+  elif thin_weight != 1.0 or relief != 1.0:
+    loss = models.weighted_volume_loss(logits, targets, thin_weight,
+                                          config.get("thin_column_voxels", 1), relief, relief_window)
   else:
     loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
