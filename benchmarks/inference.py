@@ -322,7 +322,7 @@ def end_to_end_rows(e2e_plan: Plan, device: str, host: str, accelerator: bool) -
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from benchmarks.train_step import describe  # pylint: disable=g-import-not-at-top
-  from vrn_jax import models  # pylint: disable=g-import-not-at-top
+  from vrn_jax import inference, models  # pylint: disable=g-import-not-at-top
 
   if not e2e_plan.end_to_end:
     return []
@@ -349,10 +349,13 @@ def end_to_end_rows(e2e_plan: Plan, device: str, host: str, accelerator: bool) -
       for batch, batches, dtype in e2e_plan.end_to_end:
         model = models.get_model(_model_config(config, dtype))
 
+        sigma = inference.smooth_z_voxels(config)  # as the Predictor's volumes
+
         @jax.jit
         def volumes(v, crops):
           logits = model.apply(v, crops.astype(jnp.float32) / 255.0)
-          return (jax.nn.sigmoid(logits) * 255.0).astype(jnp.uint8)  # the release's .raw values
+          probs = inference.smooth_along_z(jax.nn.sigmoid(logits), sigma)  # pylint: disable=cell-var-from-loop
+          return (probs * 255.0).astype(jnp.uint8)  # the release's .raw values
 
         predict = lambda c: np.asarray(volumes(variables, c))  # pylint: disable=cell-var-from-loop
         end_to_end(predict, photos, batch, 1, mesh_pool, crop_pool)  # compile, start the workers

@@ -446,6 +446,39 @@ def test_predictor_landmarks_are_the_networks_own(variant):
   np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+def test_volumes_are_smoothed_along_z_only_and_the_iou_is_the_networks_own():
+  """`inference.smooth_along_z` is scipy's Gaussian along z (edges replicated) within float32
+  rounding; the Predictor's soft volumes are the network's smoothed by the config's smooth_z_voxels, and
+  a value out of range is an error naming the field."""
+  from scipy import ndimage
+
+  from vrn_jax import inference
+  from vrn_jax.configs import default
+  from vrn_jax.errors import InputError
+  from vrn_jax.training import steps
+
+  rng = np.random.default_rng(0)
+  volume = rng.uniform(size=(2, 3, 4, 40)).astype(np.float32)
+  for sigma in (0.7, 2.0):
+    want = ndimage.gaussian_filter1d(volume.astype(np.float64), sigma, axis=-1, mode="nearest",
+                                     truncate=4.0)
+    np.testing.assert_allclose(np.asarray(inference.smooth_along_z(volume, sigma)), want, atol=1e-6)
+  assert inference.smooth_along_z(volume, 0.0) is volume
+  config = default.get_config("test")
+  model = steps.create_model(config, axis_name=None)
+  crops = rng.integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)
+  variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
+  config.smooth_z_voxels = 0.0
+  raw = inference.Predictor(config, variables, batch_size=2).volumes(crops)
+  config.smooth_z_voxels = 2.0
+  smoothed = inference.Predictor(config, variables, batch_size=2).volumes(crops)
+  np.testing.assert_allclose(smoothed, np.asarray(inference.smooth_along_z(raw, 2.0)), atol=1e-6)
+  assert np.abs(smoothed - raw).max() > 1e-3  # it did smooth
+  config.smooth_z_voxels = -1.0
+  with pytest.raises(InputError, match="smooth_z_voxels -1.0: expected 0"):
+    inference.Predictor(config, variables, batch_size=2)
+
+
 def test_heatmap_peaks_recover_landmarks():
   from vrn_jax.models import heatmap_peaks, render_heatmaps
 
