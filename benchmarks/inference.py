@@ -345,17 +345,17 @@ def end_to_end_rows(e2e_plan: Plan, device: str, host: str, accelerator: bool) -
   try:
     for workdir in workdirs:
       config, variables = restore_workdir(workdir)
+      # The meshes' volume as the Predictor makes it: logits smoothed along z, folded into the head.
+      variables = inference.fold_z_smoothing(variables, inference.smooth_z_voxels(config),
+                                             config.model.volume_depth)
       what = f"{describe(config)}, weights {os.path.relpath(workdir, REPO)}"
       for batch, batches, dtype in e2e_plan.end_to_end:
         model = models.get_model(_model_config(config, dtype))
 
-        sigma = inference.smooth_z_voxels(config)  # as the Predictor's volumes
-
         @jax.jit
         def volumes(v, crops):
           logits = model.apply(v, crops.astype(jnp.float32) / 255.0)
-          probs = inference.smooth_along_z(jax.nn.sigmoid(logits), sigma)  # pylint: disable=cell-var-from-loop
-          return (probs * 255.0).astype(jnp.uint8)  # the release's .raw values
+          return (jax.nn.sigmoid(logits) * 255.0).astype(jnp.uint8)  # the release's .raw values
 
         predict = lambda c: np.asarray(volumes(variables, c))  # pylint: disable=cell-var-from-loop
         end_to_end(predict, photos, batch, 1, mesh_pool, crop_pool)  # compile, start the workers

@@ -446,10 +446,11 @@ def test_predictor_landmarks_are_the_networks_own(variant):
   np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
-def test_volumes_are_smoothed_along_z_only_and_the_iou_is_the_networks_own():
+def test_volumes_are_the_logits_smoothed_along_z():
   """`inference.smooth_along_z` is scipy's Gaussian along z (edges replicated) within float32
-  rounding; the Predictor's soft volumes are the network's smoothed by the config's smooth_z_voxels, and
-  a value out of range is an error naming the field."""
+  rounding; the Predictor's soft volumes are the sigmoid of the network's logits smoothed so by the
+  config's smooth_z_voxels (folded into the volume head's output layer: the other variants' too, and
+  nothing else), and a value out of range is an error naming the field."""
   from scipy import ndimage
 
   from vrn_jax import inference
@@ -458,22 +459,33 @@ def test_volumes_are_smoothed_along_z_only_and_the_iou_is_the_networks_own():
   from vrn_jax.training import steps
 
   rng = np.random.default_rng(0)
-  volume = rng.uniform(size=(2, 3, 4, 40)).astype(np.float32)
+  x = rng.normal(size=(2, 3, 4, 40)).astype(np.float32)
   for sigma in (0.7, 2.0):
-    want = ndimage.gaussian_filter1d(volume.astype(np.float64), sigma, axis=-1, mode="nearest",
-                                     truncate=4.0)
-    np.testing.assert_allclose(np.asarray(inference.smooth_along_z(volume, sigma)), want, atol=1e-6)
-  assert inference.smooth_along_z(volume, 0.0) is volume
+    want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=-1, mode="nearest", truncate=4.0)
+    np.testing.assert_allclose(np.asarray(inference.smooth_along_z(x, sigma)), want, atol=1e-5)
   config = default.get_config("test")
   model = steps.create_model(config, axis_name=None)
   crops = rng.integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)
   variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
-  config.smooth_z_voxels = 0.0
-  raw = inference.Predictor(config, variables, batch_size=2).volumes(crops)
+  logits = np.asarray(model.apply(variables, crops.astype(np.float32) / 255.0, train=False), np.float64)
   config.smooth_z_voxels = 2.0
-  smoothed = inference.Predictor(config, variables, batch_size=2).volumes(crops)
-  np.testing.assert_allclose(smoothed, np.asarray(inference.smooth_along_z(raw, 2.0)), atol=1e-6)
-  assert np.abs(smoothed - raw).max() > 1e-3  # it did smooth
+  got = inference.Predictor(config, variables, batch_size=2).volumes(crops)
+  smoothed = ndimage.gaussian_filter1d(logits, 2.0, axis=-1, mode="nearest", truncate=4.0)
+  np.testing.assert_allclose(got, 1.0 / (1.0 + np.exp(-smoothed)), atol=2e-5)
+  assert np.abs(got - 1.0 / (1.0 + np.exp(-logits))).max() > 1e-3  # it did smooth
+  # The other variants' volume heads (shapes only, random values): only their output layer changes.
+  for variant in ("vrn_multitask", "vrn_guided"):
+    config.model.variant = variant
+    config.model.body_stride = 2 if variant == "vrn_multitask" else 1  # Guided's runs at 48x48
+    shapes = jax.eval_shape(steps.create_model(config, axis_name=None).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 192, 192, 3), np.float32))
+    raw = jax.tree_util.tree_map(lambda a: rng.normal(size=a.shape).astype(a.dtype), shapes)
+    folded = inference.fold_z_smoothing(raw, 2.0, config.model.volume_depth)
+    changed = [jax.tree_util.keystr(p) for p, a, b in zip(
+        *zip(*jax.tree_util.tree_leaves_with_path(raw)), jax.tree_util.tree_leaves(folded))
+        if not np.array_equal(a, b)]
+    head = "['volume_head']" if variant == "vrn_multitask" else "['volume_net']['head']"
+    assert changed == [f"['params']{head}['out']['bias']", f"['params']{head}['out']['kernel']"], changed
   config.smooth_z_voxels = -1.0
   with pytest.raises(InputError, match="smooth_z_voxels -1.0: expected 0"):
     inference.Predictor(config, variables, batch_size=2)

@@ -134,39 +134,70 @@ def smooth_z_voxels(config) -> float:
   return sigma
 
 
-def smooth_along_z(volume: jax.Array, sigma: float) -> jax.Array:
-  """A Gaussian of `sigma` voxels along the last axis (z), edges replicated, truncated at 4 sigma (as
-  scipy.ndimage.gaussian_filter1d with mode='nearest'); sigma 0 returns `volume`.
+def z_smoothing_matrix(depth: int, sigma: float) -> np.ndarray:
+  """(depth, depth) float64 G: `x @ G.T` is a Gaussian of `sigma` voxels along x's last axis, edges
+  replicated, truncated at 4 sigma (scipy.ndimage.gaussian_filter1d with mode='nearest')."""
+  g = np.zeros((depth, depth))
+  if sigma == 0.0:
+    return np.eye(depth)
+  radius = int(4.0 * sigma + 0.5)
+  offsets = np.arange(-radius, radius + 1)
+  taps = np.exp(-0.5 * (offsets / sigma) ** 2)
+  taps /= taps.sum()
+  rows = np.arange(depth)
+  for k, w in zip(offsets, taps):
+    np.add.at(g, (rows, np.clip(rows + k, 0, depth - 1)), w)
+  return g
 
-  Why: the head regresses each of the 200 depths with its own output channel, and a soft volume falls
-  off gently along z (~0.03 per voxel at the front surface), so the channels' small biases move the 0.5
+
+def smooth_along_z(x, sigma: float):
+  """A Gaussian of `sigma` voxels along the last axis (z) of `x` (`z_smoothing_matrix`)."""
+  return x @ jnp.asarray(z_smoothing_matrix(x.shape[-1], sigma).T, x.dtype)
+
+
+# The volume heads' output layer (a 1x1 convolution: `models.vrn.volume_head`) of each variant.
+_VOLUME_HEADS = ("head", "volume_head")
+
+
+def fold_z_smoothing(variables: dict, sigma: float, depth: int) -> dict:
+  """`variables` whose volume logits come out smoothed along z by `sigma` voxels, at no cost.
+
+  Why: the head regresses each of the 200 depths with its own output channel, and at the front surface
+  the soft volume falls off gently along z (~0.03 per voxel), so the channels' small biases move the 0.5
   crossing toward some depths more than others: the surface comes out terraced, rings of equal depth
-  across the face. Smoothing along z only removes that ripple and leaves x and y alone.
+  across the face. Smoothing the logits along z removes that ripple and leaves x and y alone. The
+  output layer is a linear map per pixel (and the 'logits' head's x4 upsample acts on pixels, not
+  channels), so smoothing its outputs is `z_smoothing_matrix` applied to its kernel and bias.
   """
   if sigma == 0.0:
-    return volume
-  radius = int(4.0 * sigma + 0.5)
-  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  taps /= taps.sum()
-  depth = volume.shape[-1]
-  padded = jnp.pad(volume, [(0, 0)] * (volume.ndim - 1) + [(radius, radius)], mode="edge")
-  return sum(jnp.float32(w) * padded[..., k:k + depth] for k, w in enumerate(taps))
+    return variables
+  g = z_smoothing_matrix(depth, sigma)
+  found = []
+
+  def fold(path, leaf):
+    names = [getattr(k, "key", None) for k in path]
+    if len(names) >= 3 and names[-3] in _VOLUME_HEADS and names[-2] == "out" and leaf.shape[-1] == depth:
+      found.append(names)
+      return (np.asarray(leaf, np.float64) @ g.T).astype(leaf.dtype)
+    return leaf
+
+  folded = jax.tree_util.tree_map_with_path(fold, variables)
+  if len(found) != 2:  # a kernel and a bias
+    raise ValueError(f"fold_z_smoothing: expected one volume head's output kernel and bias, found {found}.")
+  return folded
 
 
-def _eval_forward(model, sigma, variables, batch):
-  """Per replica: soft volumes (b, 192, 192, 200) float32, smoothed along z by `sigma` voxels, and the
-  network's own IoU (b,) against the decoded targets (unsmoothed, as steps.eval_step's)."""
+def _eval_forward(model, variables, batch):
+  """Per replica: soft volumes (b, 192, 192, 200) float32 and IoU (b,) against the decoded targets."""
   # No augmentation: the crop as stored (float in [0, 1]) and its target, as steps.eval_step sees them.
   images, targets, _ = jax.vmap(lambda e: augment.augment_example(None, e, None, train=False))(batch)
   logits = _volume_logits(model, variables, images)
-  return smooth_along_z(jax.nn.sigmoid(logits), sigma), models.volume_iou(logits > 0.0, targets)
+  return jax.nn.sigmoid(logits), models.volume_iou(logits > 0.0, targets)
 
 
-def _photo_forward(model, sigma, variables, images):
-  """Per replica: (b, 192, 192, 3) uint8 crops -> (b, 192, 192, 200) float32 soft volumes, smoothed
-  along z by `sigma` voxels."""
-  logits = _volume_logits(model, variables, images.astype(jnp.float32) / 255.0)
-  return smooth_along_z(jax.nn.sigmoid(logits), sigma)
+def _photo_forward(model, variables, images):
+  """Per replica: (b, 192, 192, 3) uint8 crops -> (b, 192, 192, 200) float32 soft volumes."""
+  return jax.nn.sigmoid(_volume_logits(model, variables, images.astype(jnp.float32) / 255.0))
 
 
 # The landmark forwards return the heatmaps' peaks, found on the device: (b, 68, 2) crop pixels cross to
@@ -202,12 +233,13 @@ class Predictor:
     self.num_devices = jax.local_device_count()
     size = int(batch_size or config.eval_batch_size)
     self.batch_size = max(self.num_devices, size - size % self.num_devices)
-    self._variables = jax_utils.replicate(variables)
-    # The soft volumes (and the meshes, figures and files made from them) are smoothed along z by the
-    # config's smooth_z_voxels; the IoU is the network's own.
+    # The volume logits (and the soft volumes, meshes, IoU and figures made from them) come out smoothed
+    # along z by the config's smooth_z_voxels, folded into the head's output layer.
     self.smooth_z = smooth_z_voxels(config)
-    self._eval = jax.pmap(functools.partial(_eval_forward, self.model, self.smooth_z))
-    self._photo = jax.pmap(functools.partial(_photo_forward, self.model, self.smooth_z))
+    self._variables = jax_utils.replicate(
+        fold_z_smoothing(variables, self.smooth_z, config.model.volume_depth))
+    self._eval = jax.pmap(functools.partial(_eval_forward, self.model))
+    self._photo = jax.pmap(functools.partial(_photo_forward, self.model))
     self.has_detector = config.model.variant == "vrn_guided"
     if self.has_detector:
       m = self.model
