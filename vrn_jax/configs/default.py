@@ -103,8 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.thin_column_voxels = 40
   # The voxels between the front surface and its local mean over relief_window_px crop pixels (the
   # nose in front of it, the eye sockets behind it) weighted this much in the loss
-  # (`models.weighted_volume_loss`; 1 = off).
-  config.relief_weight = 1.0
+  # (`models.weighted_volume_loss`; 1 = off): a network unsure of where a small feature lies otherwise
+  # blurs it away (docs/experiments.md, "The nose and the hollows").
+  config.relief_weight = 3.0
   config.relief_window_px = 40
   # The soft volumes the meshes come from are smoothed along z by a Gaussian of this many voxels
   # (`inference.smooth_along_z`; 0 = the network's own): the head's 200 depth channels otherwise leave
