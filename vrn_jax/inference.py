@@ -137,9 +137,9 @@ def smooth_z_voxels(config) -> float:
 def z_smoothing_matrix(depth: int, sigma: float) -> np.ndarray:
   """(depth, depth) float64 G: `x @ G.T` is a Gaussian of `sigma` voxels along x's last axis, edges
   replicated, truncated at 4 sigma (scipy.ndimage.gaussian_filter1d with mode='nearest')."""
-  g = np.zeros((depth, depth))
   if sigma == 0.0:
     return np.eye(depth)
+  g = np.zeros((depth, depth))
   radius = int(4.0 * sigma + 0.5)
   offsets = np.arange(-radius, radius + 1)
   taps = np.exp(-0.5 * (offsets / sigma) ** 2)

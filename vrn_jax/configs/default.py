@@ -107,9 +107,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # blurs it away (docs/experiments.md, "The nose and the hollows").
   config.relief_weight = 3.0
   config.relief_window_px = 40
-  # The soft volumes the meshes come from are smoothed along z by a Gaussian of this many voxels
-  # (`inference.smooth_along_z`; 0 = the network's own): the head's 200 depth channels otherwise leave
-  # rings of equal depth across the face. The held-out IoU is the network's own either way.
+  # Inference smooths the volume logits along z by a Gaussian of this many voxels, folded into the
+  # head's output layer as the weights are loaded (`inference.fold_z_smoothing`: free; 0 = the network's
+  # own): the head's 200 depth channels otherwise leave rings of equal depth across the face. Not a
+  # training change: the IoU the training prints is the network's own.
   config.smooth_z_voxels = 2.0
   # > 0: evaluate (and save) an exponential moving average of the weights.
   config.ema_decay = 0.995

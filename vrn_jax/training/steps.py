@@ -173,8 +173,8 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
     loss = models.upsampled_volume_loss(logits, targets, models.OUTPUT_STRIDE, stride=stride,
                                         offsets=offsets)
   elif thin_weight != 1.0 or relief != 1.0:
-    loss = models.weighted_volume_loss(logits, targets, thin_weight,
-                                          config.get("thin_column_voxels", 1), relief, relief_window)
+    loss = models.weighted_volume_loss(logits, targets, thin_weight, config.get("thin_column_voxels", 1),
+                                       relief, relief_window)
   else:
     loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
