@@ -447,8 +447,8 @@ def test_predictor_landmarks_are_the_networks_own(variant):
 
 
 def test_volumes_are_the_logits_smoothed_along_z():
-  """`inference.smooth_along_z` is scipy's Gaussian along z (edges replicated) within float32
-  rounding; the Predictor's soft volumes are the sigmoid of the network's logits smoothed so by the
+  """`inference.z_smoothing_matrix` is scipy's Gaussian along z (edges replicated); the Predictor's
+  soft volumes are the sigmoid of the network's logits smoothed so by the
   config's smooth_z_voxels (folded into the volume head's output layer: the other variants' too, and
   nothing else), and a value out of range is an error naming the field."""
   from scipy import ndimage
@@ -459,10 +459,11 @@ def test_volumes_are_the_logits_smoothed_along_z():
   from vrn_jax.training import steps
 
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 3, 4, 40)).astype(np.float32)
+  x = rng.normal(size=(2, 3, 4, 40))
   for sigma in (0.7, 2.0):
-    want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=-1, mode="nearest", truncate=4.0)
-    np.testing.assert_allclose(np.asarray(inference.smooth_along_z(x, sigma)), want, atol=1e-5)
+    want = ndimage.gaussian_filter1d(x, sigma, axis=-1, mode="nearest", truncate=4.0)
+    np.testing.assert_allclose(x @ inference.z_smoothing_matrix(40, sigma).T, want, atol=1e-12)
+  np.testing.assert_array_equal(inference.z_smoothing_matrix(40, 0.0), np.eye(40))
   config = default.get_config("test")
   model = steps.create_model(config, axis_name=None)
   crops = rng.integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)

@@ -150,11 +150,6 @@ def z_smoothing_matrix(depth: int, sigma: float) -> np.ndarray:
   return g
 
 
-def smooth_along_z(x, sigma: float):
-  """A Gaussian of `sigma` voxels along the last axis (z) of `x` (`z_smoothing_matrix`)."""
-  return x @ jnp.asarray(z_smoothing_matrix(x.shape[-1], sigma).T, x.dtype)
-
-
 # The volume heads' output layer (a 1x1 convolution: `models.vrn.volume_head`) of each variant.
 _VOLUME_HEADS = ("head", "volume_head")
 

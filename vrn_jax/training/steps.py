@@ -102,11 +102,14 @@ def relief_weight(config) -> tuple[float, int]:
     raise InputError("config relief_weight != 1 needs model.head_upsample 'features' or "
                      "'features_bspline' (the 'logits' head trains through the fused paper loss).")
   window_px = config.get("relief_window_px", None)
-  if not (isinstance(window_px, int) and 8 <= window_px <= 96):
+  stride = loss_stride(config)
+  if not (isinstance(window_px, int) and 3 * stride <= window_px <= 96):
     raise InputError(f"config relief_window_px {window_px!r}: expected a whole number of crop pixels "
-                     "from 8 to 96 (the square the surface's local mean is taken over).")
-  # The loss sees every loss_stride-th column: the window in those, odd so that it is centred.
-  return weight, (window_px // loss_stride(config)) // 2 * 2 + 1
+                     f"from {3 * stride} (3 of the loss's columns at loss_stride {stride}) to 96: the "
+                     "square the surface's local mean is taken over.")
+  # The loss sees every loss_stride-th column: the window in those, the nearest odd number (centred).
+  columns = round(window_px / stride)
+  return weight, columns if columns % 2 else columns + 1
 
 
 def augment_config(config) -> augment.AugmentConfig | None:
