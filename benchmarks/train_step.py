@@ -96,7 +96,7 @@ def size_config(size: str):
   # own training speed is the main job's, in the README).
   config.model.stem, config.model.body_stride, config.loss_stride, config.ema_decay = "conv7x7", 1, 1, 0.0
   config.model.head_upsample = "logits"
-  config.thin_column_weight = 1.0  # the paper's loss, as the PyTorch step's
+  config.thin_column_weight = config.relief_weight = 1.0  # the paper's loss, as the PyTorch step's
   if size == "reduced":
     config.model.depth = 4
   return config

@@ -435,8 +435,8 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
            ({"thin_column_weight": 3.0, "thin_column_voxels": 0},
             "thin_column_voxels 0: expected a whole number"),
            ({"thin_column_voxels": 40, "relief_weight": 0.5}, "relief_weight 0.5: expected >= 1"),
-           ({"relief_weight": 3.0, "relief_window_px": 12},  # 1.5 of the loss's columns
-            "relief_window_px 12: expected a whole number of crop pixels from 24"),
+           ({"relief_weight": 3.0, "relief_window_px": 4},  # 2 of the loss's columns (loss_stride 2)
+            "relief_window_px 4: expected a whole number of crop pixels from 6"),
            ({"relief_window_px": 40, "thin_column_weight": 1.0, "model.head_upsample": "logits"},
             "relief_weight != 1 needs model.head_upsample")]
   for i, (fields, match) in enumerate(cases):
@@ -451,6 +451,8 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
     assert not os.path.exists(tmp_path / f"w{i}")  # nothing written
   config.model.head_upsample = "features_bspline"
   config.thin_column_weight = 3.0
-  assert steps.relief_weight(config) == (3.0, 5)  # 40 px: 5 of the loss's columns at loss_stride 8
+  assert steps.relief_weight(config) == (3.0, 21)  # 40 px: 20 of the loss's columns, made odd
+  config.loss_stride = 8
+  assert steps.relief_weight(config) == (3.0, 5)  # the default's: 5 columns at loss_stride 8
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))
