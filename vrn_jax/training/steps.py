@@ -76,14 +76,21 @@ def loss_stride(config) -> int:
   return stride
 
 
+def _loss_weight(config, field: str, one_means: str) -> float:
+  """config.<field> (1 when absent), a loss weight: >= 1, and != 1 only with a head the weighted
+  per-voxel loss trains ('features' or 'features_bspline')."""
+  weight = float(config.get(field, 1.0))
+  if weight < 1.0:
+    raise InputError(f"config {field} {weight!r}: expected >= 1 (1: {one_means}).")
+  if weight != 1.0 and config.model.get("head_upsample", "logits") == "logits":
+    raise InputError(f"config {field} != 1 needs model.head_upsample 'features' or "
+                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  return weight
+
+
 def thin_column_weight(config) -> float:
   """config.thin_column_weight (1, the paper's loss, when absent), checked against the head it needs."""
-  weight = float(config.get("thin_column_weight", 1.0))
-  if weight < 1.0:
-    raise InputError(f"config thin_column_weight {weight!r}: expected >= 1 (1: the paper's loss).")
-  if weight != 1.0 and config.model.get("head_upsample", "logits") == "logits":
-    raise InputError("config thin_column_weight != 1 needs model.head_upsample 'features' or "
-                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  weight = _loss_weight(config, "thin_column_weight", "the paper's loss")
   voxels = config.get("thin_column_voxels", None)
   if weight != 1.0 and not (isinstance(voxels, int) and 1 <= voxels <= config.model.volume_depth):
     raise InputError(f"config thin_column_voxels {voxels!r}: expected a whole number of voxels from 1 to "
@@ -93,14 +100,9 @@ def thin_column_weight(config) -> float:
 
 def relief_weight(config) -> tuple[float, int]:
   """(config.relief_weight, its window in the loss's columns): 1 (off) when absent; checked."""
-  weight = float(config.get("relief_weight", 1.0))
-  if weight < 1.0:
-    raise InputError(f"config relief_weight {weight!r}: expected >= 1 (1: off).")
+  weight = _loss_weight(config, "relief_weight", "off")
   if weight == 1.0:
     return weight, 1
-  if config.model.get("head_upsample", "logits") == "logits":
-    raise InputError("config relief_weight != 1 needs model.head_upsample 'features' or "
-                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
   window_px = config.get("relief_window_px", None)
   stride = loss_stride(config)
   if not (isinstance(window_px, int) and 3 * stride <= window_px <= 96):
