@@ -136,10 +136,14 @@ def read_checkpoint(workdir, step=None):
   return step, jax.tree_util.tree_map(np.asarray, state)
 
 
+def xla_env(devices=1, **extra):
+  """os.environ for a subprocess with `devices` CPU devices, plus `extra`."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
 def run_train(workdir, args, devices=1, **kwargs):
   """run_train.py with the smoke config in a subprocess (subprocess.run's result)."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             VRN_FACES_NUM_WORKERS="1")
+  env = xla_env(devices, VRN_FACES_NUM_WORKERS="1")
   return subprocess.run([sys.executable, "run_train.py", "--config=configs/default.py:test",
                          f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600, **kwargs)
