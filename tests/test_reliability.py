@@ -1,7 +1,8 @@
 """Faults lose nothing: a run stopped, or killed at any moment (mid-save included), resumes to the same
 weights bit for bit, a damaged checkpoint is named and passed over, an interrupted dataset build
 completes exactly, non-finite steps never reach the weights or a checkpoint, and a full or unwritable
-disk is an error before training starts. (The soak with many random kills: `python -m benchmarks.reliability`.)"""
+disk is an error before training starts. (The soak with many random kills:
+`python -m benchmarks.reliability`.)"""
 
 import glob
 import json
