@@ -85,6 +85,8 @@ def test_killed_mid_save_resumes_to_the_same_weights(train_data_dir, straight, t
   """SIGKILL while Orbax is writing a checkpoint (its temporary directory exists), then a restart: the
   run resumes from the last complete checkpoint and ends with the uninterrupted run's weights, optimiser
   state and moving average, bit for bit."""
+  from vrn_jax.training import loop
+
   workdir = str(tmp_path / "killed")
   args = train_overrides(train_data_dir, num_train_steps=STEPS, checkpoint_every_steps=1)
   cmd = [sys.executable, "run_train.py", "--config=configs/default.py:test", f"--workdir={workdir}", *args]
@@ -111,8 +113,6 @@ def test_killed_mid_save_resumes_to_the_same_weights(train_data_dir, straight, t
   assert killed_in_save, f"no save was caught in flight; the run ended with {proc.returncode}: {err[-2000:]}"
   assert proc.returncode == -signal.SIGKILL
   assert in_flight_saves(workdir)  # what the kill left behind
-  from vrn_jax.training import loop
-
   # The restart (in this process: the same resume path as run_train.py's, without another start-up).
   loop.train_and_evaluate(train_config(train_data_dir, num_train_steps=STEPS, checkpoint_every_steps=1),
                           workdir)

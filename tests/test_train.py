@@ -52,13 +52,14 @@ def _step_by_step(data_dir):
   initial = jax.device_get(state.params)
   model = steps.create_model(config)
   # One pmapped step per device count, built once: each is compiled once and run for every step.
-  p_steps = {n: jax.pmap(functools.partial(steps.train_step, config, model, schedule),
-                         axis_name=steps.AXIS, devices=jax.devices()[:n]) for n in (1, 4)}
+  step_fn = functools.partial(steps.train_step, config, model, schedule)
+  device_sets = {n: jax.devices()[:n] for n in (1, 4)}
+  p_steps = {n: jax.pmap(step_fn, axis_name=steps.AXIS, devices=d) for n, d in device_sets.items()}
   results = []
   for step in range(3):
     out = {}
-    for n, p_step in p_steps.items():
-      devices = jax.devices()[:n]
+    for n, devices in device_sets.items():
+      p_step = p_steps[n]
       batch = next(pipeline.host_batches(source, batch_size=4, num_devices=n, seed=0, num_threads=1,
                                          start_batch=step))
       new, _ = p_step(jax_utils.replicate(state, devices), batch,
