@@ -51,6 +51,9 @@ class Plan:
   warmup: int = 1
   skip: tuple[tuple[str, str], ...] = ()
   small_peak: bool = False  # a small matmul for the peak (smoke tests)
+  # XLA's count of the model's FLOPs beside the analytic one: a separate compilation of the model
+  # (seconds), left out of smoke tests (tests/test_benchmarks.py checks the count itself).
+  xla_count: bool = True
   distinct: int = 4  # procedural faces made for the batch (cycled)
 
   def why_not(self, variant: str) -> str:
@@ -66,7 +69,7 @@ def plans(quick: bool, tiny: bool, accelerator: bool) -> dict[str, Plan | str]:
   """
   if tiny:
     why = "--tiny"
-    return {"tiny": Plan(batch=2, steps=1, repeats=1, small_peak=True, distinct=1,
+    return {"tiny": Plan(batch=2, steps=1, repeats=1, small_peak=True, distinct=1, xla_count=False,
                          skip=tuple((v, why) for v in VARIANTS))}
   if accelerator:
     steps, repeats = (3, 2) if quick else (10, 3)
@@ -320,8 +323,9 @@ def size_rows(size: str, plan: Plan, device: str, torch_device: str | None, acce
                                            else f"not measured ({result.why})"), file=sys.stderr, flush=True)
     measured.append((name, dtype, dev, result, mfu_row))
 
-  xla = flops.xla_model_flops(True, features=m.features, num_hourglasses=m.num_hourglasses,
-                              depth=m.depth, topology=m.topology, volume_depth=m.volume_depth)
+  xla = (flops.xla_model_flops(True, features=m.features, num_hourglasses=m.num_hourglasses,
+                               depth=m.depth, topology=m.topology, volume_depth=m.volume_depth)
+         if plan.xla_count else None)
   rows = [Row(f"train FLOPs/example, {size}: analytic", count.train / GFLOP, "GFLOP", 1, "", device,
               "XLA cost analysis", None if xla is None else count.train / xla,
               f"forward + backward; forward {count.forward / GFLOP:.3g} GFLOP, {count.params:,} params; "

@@ -91,8 +91,9 @@ def test_standard_vrn_paper_size_forward():
 @pytest.mark.parametrize("topology", ["standard", "release"])
 def test_paper_size_counts_and_output_shapes(variant, topology):
   model = get_model(variant=variant, topology=topology)
-  variables = jax.eval_shape(model.init, jax.random.key(0), IMAGE)
-  out = _shapes(jax.eval_shape(model.apply, variables, IMAGE))
+  # One trace (the paper-size release topology takes seconds to trace): init's forward gives the output.
+  out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), IMAGE)
+  out = _shapes(out)
   n = count_parameters(variables["params"])
   print(f"\n[{variant}, {topology}] {n:,} parameters, outputs {out}")
   assert n == (STANDARD_PARAMS if topology == "standard" else RELEASE_TOPOLOGY_PARAMS)[variant]
@@ -173,11 +174,11 @@ def test_released_layout_converts_and_runs(release_vrn):
 def _hourglass_min_size(variant_kwargs):
   model = get_model(**variant_kwargs)
   # Shapes only: traced, never compiled or run (compiling the full-size model took half a minute).
-  variables = jax.eval_shape(model.init, jax.random.key(0), IMAGE)
-  _, state = jax.eval_shape(lambda v, x: model.apply(v, x, capture_intermediates=True,
-                                                     mutable=["intermediates"]), variables, IMAGE)
+  # One trace: initialising runs the forward, and capture_intermediates keeps every module's output.
+  variables = jax.eval_shape(lambda k, x: model.init(k, x, capture_intermediates=True),
+                             jax.random.key(0), IMAGE)
   # Every module's output inside the hourglass blocks (the stem and head excluded).
-  sizes = [leaf.shape[1:3] for name, outputs in state["intermediates"].items()
+  sizes = [leaf.shape[1:3] for name, outputs in variables["intermediates"].items()
            if name.startswith("hourglass_") for leaf in jax.tree_util.tree_leaves(outputs)]
   return min(sizes), max(sizes)
 
