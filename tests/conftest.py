@@ -147,3 +147,20 @@ def run_train(workdir, args, devices=1, **kwargs):
   return subprocess.run([sys.executable, "run_train.py", "--config=configs/default.py:test",
                          f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600, **kwargs)
+
+
+# ------------------------------------------------------------------------------ scheduling the files
+
+# The files with the longest runs, longest first (measured: `pytest --durations=0`, summed per file).
+# The two workers take whole files (pyproject: `--dist loadfile --no-loadscope-reorder`) in collection
+# order; started first, the long ones no longer end the run on one worker while the other waits.
+LONGEST_FIRST = ("test_models", "test_reliability", "test_evaluate", "test_train", "test_benchmarks",
+                 "test_import_release", "test_web", "test_web_faults", "test_fuzz", "test_readme")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.splitext(os.path.basename(str(item.fspath)))[0]
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: within a file, and among the others, the collection order stays
