@@ -70,17 +70,31 @@ def save_slab_checkpoint(config, workdir, slab_depth):
   volume (an untrained network's volume hovers around 0.5 and meshes into noise)."""
   import jax
 
-  from vrn_jax.training import checkpoints, optimizers, steps
-
-  tx = optimizers.create_optimizer(config, optimizers.learning_rate_schedule(config, 10))
-  state = steps.create_train_state(config, jax.random.key(0), tx)
+  state = initial_state(config)
   params = jax.tree_util.tree_map(np.asarray, state.params)
   out = params["head"]["out"]
   out["kernel"] = np.zeros_like(out["kernel"])
   out["bias"] = np.where(np.arange(out["bias"].size) < slab_depth, 4.0, -4.0).astype(np.float32)
-  state = state.replace(params=params, ema_params=None, step=3)
-  manager = checkpoints.checkpoint_manager(workdir, 1)
-  checkpoints.save(manager, 3, checkpoints.checkpoint_items(state))
+  save_state(config, workdir, state.replace(params=params, ema_params=None), 3)
+
+
+def initial_state(config):
+  """`config`'s initial training state (seed 0), as the training loop creates it."""
+  import jax
+
+  from vrn_jax.training import optimizers, steps
+
+  tx = optimizers.create_optimizer(config, optimizers.learning_rate_schedule(config, 10))
+  return steps.create_train_state(config, jax.random.key(0), tx)
+
+
+def save_state(config, workdir, state, step, keep=1):
+  """Saves `state` as checkpoint `step` of `workdir`, with `config` as its config.json, as the training
+  loop does."""
+  from vrn_jax.training import checkpoints
+
+  manager = checkpoints.checkpoint_manager(workdir, keep)
+  checkpoints.save(manager, step, checkpoints.checkpoint_items(state.replace(step=step)))
   checkpoints.finish(manager)
   checkpoints.save_config(config, workdir)
 

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, read_checkpoint, run_train, train_config, train_overrides, xla_env
+from conftest import (REPO, initial_state, read_checkpoint, run_train, save_state, train_config,
+                      train_overrides, xla_env)
 
 
 @pytest.fixture(scope="module")
@@ -150,19 +151,15 @@ def test_moving_average_of_the_weights(data_dir, tmp_path):
   is saved, evaluated and restored by run_eval. A run that turns it on resumes from a checkpoint without
   one (the average starts from the restored weights); one that turns it off drops it."""
   from vrn_jax import evaluate
-  from vrn_jax.training import checkpoints, loop, optimizers, steps
+  from vrn_jax.training import checkpoints, loop, steps
 
   workdir = str(tmp_path / "ema")
   # A run without an average, at step 2: its initial state saved as the loop saves one (training it
   # would compile a step without the average, which no other test runs).
   off = _config(data_dir, ema_decay=0.0)
-  tx = optimizers.create_optimizer(off, optimizers.learning_rate_schedule(off, 3))
-  initial = steps.create_train_state(off, jax.random.key(0), tx)
+  initial = initial_state(off)
   assert initial.ema_params is None
-  manager = checkpoints.checkpoint_manager(workdir, off.keep_checkpoints)
-  checkpoints.save(manager, 2, checkpoints.checkpoint_items(initial.replace(step=2)))
-  checkpoints.finish(manager)
-  checkpoints.save_config(off, workdir)
+  save_state(off, workdir, initial, 2, off.keep_checkpoints)
   _, two = _checkpoint(workdir, 2)
   assert "ema_params" not in two
   # Turned on: the default decay (the suite's other runs compile its step; 0.9 would compile another).
@@ -183,12 +180,11 @@ def test_moving_average_of_the_weights(data_dir, tmp_path):
   assert steps.eval_params(state.replace(ema_params=None)) is state.params
   # Turned off again: the state a run without the average resumes with (the loop's initial state,
   # restored from the latest checkpoint) has the weights and no average, and so has its next save.
-  manager = checkpoints.checkpoint_manager(workdir, off.keep_checkpoints)
-  resumed = checkpoints.restore_latest(manager, initial)
+  with checkpoints.checkpoint_manager(workdir, off.keep_checkpoints, read_only=True) as manager:
+    resumed = checkpoints.restore_latest(manager, initial)
   assert int(resumed.step) == 3 and resumed.ema_params is None
   _assert_trees_close(resumed.params, three["params"], 0.0)
-  checkpoints.save(manager, 4, checkpoints.checkpoint_items(resumed.replace(step=4)))
-  checkpoints.finish(manager)
+  save_state(off, workdir, resumed, 4, off.keep_checkpoints)
   step, four = _checkpoint(workdir)
   assert step == 4 and "ema_params" not in four
 
