@@ -87,6 +87,48 @@ def test_cnn_detector_finds_a_near_profile_the_hog_one_misses(finder):
   assert x0 < cx < x1 and y0 < cy < y1
 
 
+def test_a_weak_box_the_cnn_does_not_confirm_is_not_a_face(finder):
+  """scikit-image's astronaut: the HOG detector also boxes the mission patch on her suit, weakly; the CNN
+  detector finds only her face, so the finder returns that one face."""
+  import skimage.data
+
+  photo = skimage.data.astronaut()
+  hog = finder.detect_hog(photo)
+  assert len(hog) == 2 and min(score for _, score in hog) < finder.confirm_below
+  faces = finder.find(photo)
+  assert len(faces) == 1 and faces[0].detector == "hog"
+  # Her face: between the eyes and the mouth (landmarks 40, 43, 49, 55) inside the box, the patch below.
+  x0, y0, x1, y1 = faces[0].box
+  assert y1 < max(box[1] for box, _ in hog)
+  inner = faces[0].landmarks[[39, 42, 48, 54]]
+  assert np.all((inner >= (x0, y0)) & (inner <= (x1, y1))), (faces[0].box, inner)
+
+
+def test_weak_boxes_are_confirmed_replaced_or_kept(finder, monkeypatch):
+  """The rule on given detections: a weak box stays where a CNN box overlaps it, goes where a surer
+  face is there, gives way to the CNN's faces where it is the only one, and stays where nothing else
+  is found."""
+  from vrn_jax.face_finder import DlibFaceFinder
+
+  strong, weak = ((0, 0, 100, 100), 1.0), ((200, 0, 300, 100), 0.1)
+  over_weak, elsewhere = ((210, 5, 310, 105), 0.9), ((0, 300, 100, 400), 0.9)
+
+  def found(hog, cnn):
+    calls = []
+    monkeypatch.setattr(finder, "detect_hog", lambda _: list(hog))
+    monkeypatch.setattr(finder, "detect_cnn", lambda _: calls.append(1) or list(cnn))
+    monkeypatch.setattr(finder, "landmarks", lambda _, box: np.zeros((68, 2)))
+    faces = DlibFaceFinder.find(finder, np.zeros((400, 400, 3), np.uint8))
+    return [(f.box, f.detector) for f in faces], len(calls)
+
+  assert found([strong], []) == ([(strong[0], "hog")], 0)  # sure: the CNN is not run
+  assert found([strong, weak], [over_weak]) == ([(strong[0], "hog"), (weak[0], "hog")], 1)
+  assert found([strong, weak], [elsewhere]) == ([(strong[0], "hog")], 1)
+  assert found([weak], [elsewhere]) == ([(elsewhere[0], "cnn")], 1)
+  assert found([weak], []) == ([(weak[0], "hog")], 1)
+  assert found([], [elsewhere]) == ([(elsewhere[0], "cnn")], 1)  # the fallback
+
+
 def test_one_finder_serves_many_threads(finder):
   """The web app calls one finder from many threads (dlib itself crashes when called that way)."""
   import concurrent.futures

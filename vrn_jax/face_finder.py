@@ -9,6 +9,9 @@ The default finder (`DlibFaceFinder`) uses dlib (the `dlib-bin` wheel) with the 
   - where it finds nothing, dlib's CNN (MMOD) detector on a copy scaled to `cnn_side`, which also finds
     near-profile faces the HOG detector misses but costs about 0.35 s on a 1-megapixel photo
     (`benchmarks/demo.py` measures both);
+  - where it finds only weakly (a score under `confirm_below`), the CNN detector too, to confirm those
+    boxes: the HOG detector also takes non-faces for faces at low scores (the mission patch on the
+    astronaut's suit in scikit-image's sample photo);
   - dlib's 68-point shape predictor on the full-resolution photo, in the iBUG 300-W markup the release's
     landmark files use. That model was trained on the iBUG 300-W data, whose licence excludes commercial
     use (see the README's licences).
@@ -100,13 +103,28 @@ def _scaled(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 # CNN box scaled by 1.10 about a centre moved by (0.075, 0.10) of the CNN box's side (right, down).
 _CNN_TO_HOG_SCALE = 1.10
 _CNN_TO_HOG_SHIFT = (0.075, 0.10)
+# A weak HOG box counts as confirmed where a CNN box overlaps it by at least this intersection over union.
+# Measured on the HOG boxes of the first 400 procedural test faces (vrn_faces 2.0.0, 384 px): the true
+# ones overlap the CNN's box by 0.55 or more at the 5th percentile, the false one not at all.
+_CONFIRM_IOU = 0.3
 # dlib's CNN detector fails ("Filter windows must be small enough to fit into the padded image") on an
 # image under 10 pixels on a side, under 4 when it upsamples it (measured); no face fits there anyway.
 _CNN_MIN_SIDE = 16
 
 
+def box_iou(a, b) -> float:
+  """Intersection over union of two (x0, y0, x1, y1) boxes (0 where they do not overlap)."""
+  w = min(a[2], b[2]) - max(a[0], b[0])
+  h = min(a[3], b[3]) - max(a[1], b[1])
+  if w <= 0 or h <= 0:
+    return 0.0
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+  return w * h / union
+
+
 class DlibFaceFinder(FaceFinder):
-  """dlib's HOG detector, its CNN detector where HOG finds nothing, and its 68-point predictor.
+  """dlib's HOG detector, its CNN detector where HOG finds nothing or only weakly, and its 68-point
+  predictor.
 
   Args:
     detect_side: the HOG detector runs on the photo scaled to at most this many pixels on its longer
@@ -114,12 +132,18 @@ class DlibFaceFinder(FaceFinder):
     cnn_fallback: run the CNN detector when the HOG one finds no face.
     cnn_side: the CNN detector's image size (longer side), upsampled once when the photo is smaller.
     min_score: HOG detections below this score are dropped (dlib's own threshold is 0).
+    confirm_below: HOG detections scoring below this need a CNN detection overlapping them where the
+      photo holds a surer face (0: off). Weak boxes are mostly real faces (half of the procedural faces
+      HOG finds score under 0.5, real photos 0.47 and up) but the false ones are weak too (0.12-0.13);
+      the CNN detector tells them apart. Where no box is surer, the CNN's faces replace the weak boxes,
+      and where the CNN finds none either the weak boxes are kept (a photo is given because it shows a
+      face). docs/experiments.md, "The face finder", has the measurements.
   """
 
-  name = "dlib (HOG, CNN fallback) + 68-point predictor"
+  name = "dlib (HOG, CNN fallback and confirmation) + 68-point predictor"
 
   def __init__(self, detect_side: int = 640, cnn_fallback: bool = True, cnn_side: int = 400,
-               min_score: float = 0.0):
+               min_score: float = 0.0, confirm_below: float = 0.3):
     # dlib only here: the FaceFinder interface, and reconstruct and the web app with another finder,
     # import without it.
     import dlib  # pylint: disable=g-import-not-at-top
@@ -134,7 +158,7 @@ class DlibFaceFinder(FaceFinder):
     # process (segmentation fault). Reentrant: `find` holds it across its detector calls.
     self._lock = threading.RLock()
     self.detect_side, self.cnn_fallback, self.cnn_side = detect_side, cnn_fallback, cnn_side
-    self.min_score = min_score
+    self.min_score, self.confirm_below = min_score, confirm_below
 
   def detect_hog(self, photo: np.ndarray) -> list[tuple[tuple[float, ...], float]]:
     """Boxes (photo pixels) and scores of the HOG detector."""
@@ -178,7 +202,15 @@ class DlibFaceFinder(FaceFinder):
       raise ValueError(f"find expects an (H, W, 3) uint8 photo, got {photo.shape} {photo.dtype}.")
     with self._lock:
       found, detector = self.detect_hog(photo), "hog"
-      if not found and self.cnn_fallback:
+      if any(score < self.confirm_below for _, score in found):
+        cnn = self.detect_cnn(photo)
+        sure = [(box, score) for box, score in found if score >= self.confirm_below
+                or any(box_iou(box, c) >= _CONFIRM_IOU for c, _ in cnn)]
+        if sure:
+          found = sure
+        elif cnn:
+          found, detector = cnn, "cnn"
+      elif not found and self.cnn_fallback:
         found, detector = self.detect_cnn(photo), "cnn"
       return order_faces([Face(box, self.landmarks(photo, box), score, detector)
                           for box, score in found])
