@@ -158,6 +158,23 @@ def test_photometric_augmentation_changes_the_image_only():
   assert np.abs(np.asarray(image) - img).mean() > 0.01
 
 
+@pytest.mark.parametrize("cfg", [
+    augment.AugmentConfig(rotation_deg=0, translation_px=0, scale_range=(1, 1), flip_probability=0,
+                          colour_range=(0.8, 1.2), brightness=0.1, contrast_range=(0.7, 1.3),
+                          saturation_range=(0.5, 1.5)),  # photometric only: no warp, blur, noise
+    augment.AugmentConfig(rotation_deg=0, translation_px=0, scale_range=(1, 1), flip_probability=0,
+                          noise_std=0.05),  # noise without the occluder
+    augment.AugmentConfig(blur_sigma_px=1.5, occlusion_probability=0.5)])  # the occluder's noise
+def test_skipping_identity_steps_gives_the_same_image(cfg):
+  """The steps a config's ranges leave as the identity are skipped; the image is what the whole
+  warp and photometric pass make of the same draws."""
+  image = jnp.asarray(np.random.default_rng(4).integers(0, 256, (192, 192, 3), dtype=np.uint8))
+  for seed in range(4):
+    params = augment.sample_params(jax.random.key(seed), cfg)
+    np.testing.assert_allclose(np.asarray(jax.jit(augment.augment_image, static_argnums=2)(
+        image, params, cfg)), np.asarray(jax.jit(augment.augment_image)(image, params)), atol=1e-6)
+
+
 def test_no_augmentation_is_the_identity_transform():
   """With augmentation off (or at evaluation) the example is used as stored: the same image (within
   float32 rounding), target and landmarks as the warp and photometric pass at identity parameters."""

@@ -134,16 +134,44 @@ def _gaussian_blur(img: jax.Array, sigma: jax.Array) -> jax.Array:
   return img
 
 
-def photometric(img: jax.Array, params: dict) -> jax.Array:
+def _skipped(cfg: AugmentConfig | None) -> frozenset[str]:
+  """The steps ('warp', 'blur', 'noise', 'occluder') that `cfg`'s ranges leave as the identity for
+  every draw (none without a cfg). Skipping them gives the same image: the identity warp samples each
+  pixel at its centre, a blur of sigma 0 has one tap of weight 1, noise of std 0 adds zeros (within
+  float32 rounding: XLA fuses the rest differently). With them skipped, a photometric-only augmentation
+  costs the default model's CPU step 244 ms against 240 ms without augmentation (batch 8, 2 cores)."""
+  if cfg is None:
+    return frozenset()
+  steps = set()
+  if (cfg.rotation_deg == 0 and cfg.translation_px == 0 and tuple(cfg.scale_range) == (1.0, 1.0)
+      and cfg.flip_probability == 0):
+    steps.add("warp")
+  if cfg.blur_sigma_px == 0:
+    steps.add("blur")
+  if cfg.occlusion_probability == 0:
+    steps.add("occluder")
+    if cfg.noise_std == 0:
+      steps.add("noise")  # the occluder's texture draws on the noise too
+  return frozenset(steps)
+
+
+def photometric(img: jax.Array, params: dict, cfg: AugmentConfig | None = None) -> jax.Array:
   """(H, W, 3) float32 in [0, 1] -> the same with saturation, contrast, brightness, blur, noise and
-  the occluder of `params` (image only)."""
+  the occluder of `params` (image only); with the `cfg` they were drawn from, the steps its ranges
+  leave as the identity are skipped (`_skipped`)."""
+  skipped = _skipped(cfg)
   grey = img @ _GREY
   img = grey[..., None] + params["saturation"] * (img - grey[..., None])
   img = jnp.mean(grey) + params["contrast"] * (img - jnp.mean(grey)) + params["brightness"]
-  img = _gaussian_blur(img, params["blur_sigma"])
+  if "blur" not in skipped:
+    img = _gaussian_blur(img, params["blur_sigma"])
+  if "noise" in skipped:
+    return img
   key = jax.random.wrap_key_data(params["noise_key"])
   noise = jax.random.normal(key, img.shape)
   img = img + params["noise_std"] * noise
+  if "occluder" in skipped:
+    return img
   h, w = img.shape[:2]
   y = jnp.arange(h, dtype=jnp.float32)[:, None]
   x = jnp.arange(w, dtype=jnp.float32)[None, :]
@@ -153,19 +181,21 @@ def photometric(img: jax.Array, params: dict) -> jax.Array:
   return jnp.where(inside[..., None], texture, img)
 
 
-def augment_image(image: jax.Array, params: dict) -> jax.Array:
+def augment_image(image: jax.Array, params: dict, cfg: AugmentConfig | None = None) -> jax.Array:
   """(H, W, 3) uint8 crop -> float32 in [0, 1], warped (bilinear, zero outside), colour-scaled, then
-  `photometric`."""
+  `photometric`; with the `cfg` the params were drawn from, its identity steps are skipped."""
+  img = image.astype(jnp.float32) / 255.0
+  if "warp" in _skipped(cfg):
+    return jnp.clip(photometric(img * params["colour"], params, cfg), 0.0, 1.0)
   inv = jnp.linalg.inv(voxel_matrix(params))
   h, w = image.shape[:2]
   y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
   src_x = inv[0, 0] * x + inv[0, 1] * y + inv[0, 3]
   src_y = inv[1, 0] * x + inv[1, 1] * y + inv[1, 3]
-  img = image.astype(jnp.float32) / 255.0
   warped = jnp.stack([
       jax.scipy.ndimage.map_coordinates(img[..., ch], [src_y, src_x], order=1, mode="constant",
                                         cval=0.0) for ch in range(3)], axis=-1)
-  return jnp.clip(photometric(warped * params["colour"], params), 0.0, 1.0)
+  return jnp.clip(photometric(warped * params["colour"], params, cfg), 0.0, 1.0)
 
 
 def decode_volume_jax(depth: jax.Array, back: jax.Array, step: jax.Array, affine: jax.Array,
@@ -207,7 +237,7 @@ def augment_example(rng: jax.Array, example: dict, cfg: AugmentConfig | None, tr
     affine, landmarks = example["volume_affine"].astype(jnp.float32), example["landmarks"]
   else:
     params = sample_params(rng, cfg)
-    image = augment_image(example["image"], params)
+    image = augment_image(example["image"], params, cfg)
     affine = augmented_affine(example["volume_affine"], params)
     landmarks = augment_landmarks(example["landmarks"], params)
   target = decode_volume_jax(example["volume_depth"], example["volume_back"], example["volume_step"],
