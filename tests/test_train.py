@@ -435,7 +435,9 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
   config.model.head_upsample = "features_bspline"
   config.thin_column_weight = 3.0
   assert steps.relief_weight(config) == (3.0, 21)  # 40 px: 20 of the loss's columns, made odd
+  config.loss_stride = 4
+  assert steps.relief_weight(config) == (3.0, 11)  # the default's: 10 columns at loss_stride 4, made odd
   config.loss_stride = 8
-  assert steps.relief_weight(config) == (3.0, 5)  # the default's: 5 columns at loss_stride 8
+  assert steps.relief_weight(config) == (3.0, 5)
   with pytest.raises(files.InputError, match="no built dataset"):
     loop.train_and_evaluate(config, str(tmp_path / "w"))
