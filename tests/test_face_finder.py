@@ -127,6 +127,9 @@ def test_weak_boxes_are_confirmed_replaced_or_kept(finder, monkeypatch):
   assert found([weak], [elsewhere]) == ([(elsewhere[0], "cnn")], 1)
   assert found([weak], []) == ([(weak[0], "hog")], 1)
   assert found([], [elsewhere]) == ([(elsewhere[0], "cnn")], 1)  # the fallback
+  monkeypatch.setattr(finder, "cnn_fallback", False)  # confirmation still, but no CNN faces instead
+  assert found([weak], [elsewhere]) == ([(weak[0], "hog")], 1)
+  assert found([strong, weak], [elsewhere]) == ([(strong[0], "hog")], 1)
 
 
 def test_one_finder_serves_many_threads(finder):

@@ -135,8 +135,8 @@ class DlibFaceFinder(FaceFinder):
     confirm_below: HOG detections scoring below this need a CNN detection overlapping them where the
       photo holds a surer face (0: off). Weak boxes are mostly real faces (half of the procedural faces
       HOG finds score under 0.5, real photos 0.47 and up) but the false ones are weak too (0.12-0.13);
-      the CNN detector tells them apart. Where no box is surer, the CNN's faces replace the weak boxes,
-      and where the CNN finds none either the weak boxes are kept (a photo is given because it shows a
+      the CNN detector tells them apart. Where no box is surer, the CNN's faces replace the weak boxes
+      (with `cnn_fallback`), and where there are none the weak boxes are kept (a photo is given because it shows a
       face). docs/experiments.md, "The face finder", has the measurements.
   """
 
@@ -208,7 +208,7 @@ class DlibFaceFinder(FaceFinder):
                 or any(box_iou(box, c) >= _CONFIRM_IOU for c, _ in cnn)]
         if sure:
           found = sure
-        elif cnn:
+        elif cnn and self.cnn_fallback:
           found, detector = cnn, "cnn"
       elif not found and self.cnn_fallback:
         found, detector = self.detect_cnn(photo), "cnn"
