@@ -93,9 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.heatmap_sigma_px = 4.0
   # The loss on rows oy + 4i and columns ox + 4j of each example's volume, (oy, ox) uniform: 1/16 of the
   # voxels, every voxel equally likely, an unbiased estimate of the paper's loss (1 = all of them, the
-  # paper's; configs/vrn*.py); the targets are decoded only there. Against 8 (1/64), raced on two seeds:
-  # held-out IoU 0.8213 against 0.8194 and a wider outline on the photos (worst hull 0.958 / 0.963
-  # against 0.927 / 0.931), for a 16% longer step (docs/experiments.md, row stride4).
+  # paper's; configs/vrn*.py); the targets are decoded only there. Stride 8 (1/64) steps faster but left
+  # the real photos' outline narrower (docs/experiments.md, "Two levers, each on two seeds").
   config.loss_stride = 4
   # The filled voxels of thin target columns (1 to thin_column_voxels filled: the face's edge) weighted
   # this much in the loss (`models.weighted_volume_loss`; 1 = the paper's loss): where the network is

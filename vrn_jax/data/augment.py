@@ -138,8 +138,8 @@ def _skipped(cfg: AugmentConfig | None) -> frozenset[str]:
   """The steps ('warp', 'blur', 'noise', 'occluder') that `cfg`'s ranges leave as the identity for
   every draw (none without a cfg). Skipping them gives the same image: the identity warp samples each
   pixel at its centre, a blur of sigma 0 has one tap of weight 1, noise of std 0 adds zeros (within
-  float32 rounding: XLA fuses the rest differently). With them skipped, a photometric-only augmentation
-  costs the default model's CPU step 244 ms against 240 ms without augmentation (batch 8, 2 cores)."""
+  float32 rounding: XLA fuses the rest differently), and a photometric-only augmentation does not pay
+  for them (docs/experiments.md has its step time)."""
   if cfg is None:
     return frozenset()
   steps = set()
