@@ -122,7 +122,7 @@ def landmark_errors(model, face, example) -> np.ndarray:
   boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
   normals = outward_vertex_normals(vertices, model.triangles)
   errors = []
-  for index, (x, y, z) in zip(model.landmark_indices, example["landmarks"]):
+  for index, (x, y, z) in zip(examples.landmark_indices(model, vertices), example["landmarks"]):
     normal = normals[index]
     if normal[2] < MIN_NORMAL_Z:
       continue

@@ -84,7 +84,9 @@ class GroundTruth:
   Attributes:
     vertices: (N, 3) all model vertices.
     triangles: (T, 3) the model's triangles.
-    landmark_indices: (68,) vertices of the iBUG landmarks.
+    landmark_indices: (68,) the model's vertices of the iBUG landmarks (the 3D landmarks the NME's
+      normalisers read; the example's own jaw landmarks follow the face's outline instead:
+      `data.examples.landmark_indices`).
     face_mask: (N,) bool, the face region the NME is taken over (no ears, no neck).
     transform: the crop transform (crop = scale * photo + t).
   """
@@ -179,7 +181,8 @@ class GroundTruthSource:
     vertices, transform = examples.crop_vertices(model, Pose.from_pose_para(pose_para), shape_para,
                                                  exp_para, photo_hw)
     stored = CropTransform.from_array(stored_transform)
-    landmark_error = float(np.max(np.abs(vertices[model.landmark_indices] - stored_landmarks)))
+    landmark_error = float(np.max(np.abs(vertices[examples.landmark_indices(model, vertices)]
+                                         - stored_landmarks)))
     scale_error = abs(transform.scale - stored.scale) / stored.scale
     offset_error = max(abs(a - b) for a, b in zip(transform.as_array()[1:], stored.as_array()[1:]))
     if landmark_error > self._TOLERANCE_PX or offset_error > self._TOLERANCE_PX or scale_error > 1e-6:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vrn_jax.geometry.crop import CropTransform, crop_from_landmarks, crop_image
+from vrn_jax.geometry.landmarks import outline_landmark_indices
 from vrn_jax.geometry.morphable_model import MorphableModel
 from vrn_jax.geometry.pose import Pose
 from vrn_jax.geometry.voxelise import VOLUME_SHAPE, Z_SCALE, CompactVolume, decode_volume as _decode
@@ -21,16 +22,22 @@ FIT_MARGIN_PX = 2.0
 
 
 def crop_vertices(model: MorphableModel, pose: Pose, shape_para, exp_para, image_hw):
-  """The posed mesh in the crop frame, and the crop transform: run.m's rule on the model's 68 landmark
-  vertices projected into the photo, fitted to the volume.
+  """The posed mesh in the crop frame, and the crop transform: run.m's rule on the face's 68 landmarks
+  as a 2D annotator places them (`landmark_indices`) projected into the photo, fitted to the volume.
 
   Returns:
     (vertices (N, 3) crop frame: x, y pixels, z mesh units; transform with tz set).
   """
   photo_vertices = pose.project(model.vertices(shape_para, exp_para), image_hw[0])
-  transform = fit_to_volume(crop_from_landmarks(photo_vertices[model.landmark_indices, :2], image_hw),
-                            photo_vertices[model.face_mask])
+  landmarks = photo_vertices[landmark_indices(model, photo_vertices), :2]
+  transform = fit_to_volume(crop_from_landmarks(landmarks, image_hw), photo_vertices[model.face_mask])
   return transform.to_crop(photo_vertices), transform
+
+
+def landmark_indices(model: MorphableModel, posed_vertices: np.ndarray) -> np.ndarray:
+  """(68,) the vertices of a posed face's landmarks in its example: the jaw's on the visible outline,
+  as photos are annotated and landmark detectors place them (`geometry.landmarks`)."""
+  return outline_landmark_indices(model, posed_vertices)
 
 
 def fit_to_volume(transform: CropTransform, face_points: np.ndarray) -> CropTransform:
@@ -65,7 +72,7 @@ def make_example(photo: np.ndarray, model: MorphableModel, pose_para, shape_para
   return {
       "image": crop_image(photo, transform),
       "volume": volume_features(compact),
-      "landmarks": vertices[model.landmark_indices].astype(np.float32),
+      "landmarks": vertices[landmark_indices(model, vertices)].astype(np.float32),
       "yaw": np.float32(np.rad2deg(pose.yaw)),
       "pitch": np.float32(np.rad2deg(pose.pitch)),
       "roll": np.float32(np.rad2deg(pose.roll)),
