@@ -42,10 +42,10 @@ def test_jaw_landmarks_reach_the_outline_where_the_fixed_vertices_do_not(roll):
   # Every other landmark is the model's vertex.
   others = [k for k in range(68) if k not in jaw]
   np.testing.assert_array_equal(marched[others], fixed[others])
-  # Turned: the far side's landmarks on its occluding contour, to 3.5 px (a parallel's outermost vertex;
-  # with the head rolled, the neighbouring rows may draw the outline there); the fixed vertices come to
-  # lie there too at these yaws. The near side's within one column of the grid (~8 mm at the ears) of the face
-  # region's edge, where the fixed vertices stay on the cheek, 10-50 px inside.
+  # Turned: the far side's landmarks on its occluding contour, to 3.5 px (a parallel's outermost
+  # vertex; with the head rolled, the neighbouring rows may draw the outline there); the fixed vertices
+  # come to lie there too at these yaws. The near side's within one column of the grid (~8 mm at the
+  # ears) of the face region's edge, where the fixed vertices stay on the cheek, 10-50 px inside.
   for yaw in (30.0, -30.0, 50.0, -50.0):
     v = _posed(model, yaw, roll)
     marched = outline_landmark_indices(model, v)
@@ -60,7 +60,8 @@ def test_the_choice_does_not_depend_on_the_image_frame():
   model = build_face_model()
   v = _posed(model, 35.0, 10.0)
   moved = v * np.array([0.43, 0.43, 0.43]) + np.array([-71.0, 12.5, 300.0])
-  np.testing.assert_array_equal(outline_landmark_indices(model, v), outline_landmark_indices(model, moved))
+  np.testing.assert_array_equal(outline_landmark_indices(model, v),
+                                outline_landmark_indices(model, moved))
 
 
 def test_wrong_vertex_count_is_refused():

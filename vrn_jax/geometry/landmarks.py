@@ -2,9 +2,10 @@
 
 A morphable model names one fixed vertex per iBUG landmark. For the 51 inner landmarks (brows, eyes,
 nose, mouth) that is what an annotator marks. The 17 jaw landmarks are different: in 2D annotations
-(300W, and the landmark detectors trained on it: FAN in the release's pipeline, dlib's predictor here)
-they follow the face's *visible outline*, wherever the head is turned, while a fixed vertex stays where
-it is on the skin, inside the outline of a frontal face and behind the cheek of a turned one. 300W-LP's
+(300W, and the landmark detectors trained on it: FAN in the release's pipeline, dlib's predictor
+here) they follow the face's *visible outline*, wherever the head is turned, while a fixed vertex
+stays where it is on the skin, inside the outline of a frontal face and behind the cheek of a turned
+one. 300W-LP's
 2D landmarks move each jaw point along a horizontal line on the face (a "parallel") to the outline
 ("landmark marching"; Zhu et al., CVPR 2016). This does the same with the model's own parallels: for jaw
 landmark k, the face-region vertices at its height (within a band) on its side of the face; after
@@ -12,9 +13,9 @@ posing, the one furthest out along the face's left-right axis in the image.
 
 Why it matters here: the crop (`geometry.crop.crop_from_landmarks`, the release's run.m rule) is sized
 from the landmarks' bounding box. Photos are cropped from 2D-annotated (outline) landmarks; on the
-procedural test faces, the face finder's landmarks span a box 14% wider than the fixed vertices' at
+procedural test faces, the face finder's landmarks span a box 16% wider than the fixed vertices' at
 |yaw| < 15 deg and 20% wider at 15-30 deg, so a network trained on crops from fixed vertices met faces
-7-12% smaller in the crops of real photos than in training (docs/experiments.md, "Jaw landmarks on the
+8-12% smaller in the crops of real photos than in training (docs/experiments.md, "Jaw landmarks on the
 outline").
 """
 

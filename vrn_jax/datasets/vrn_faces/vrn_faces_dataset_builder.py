@@ -82,11 +82,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "appearance drawn from its own generators after the geometry. Every image changes; poses "
                 "and identities stay, expressions widen. Ablation configs synthetic_plain and "
                 "synthetic_no_<part>, with ground truth for evaluation."),
-      "2.1.0": ("The 17 jaw landmarks but the chin follow the face's visible outline, as photos are "
-                "annotated and landmark detectors place them (landmark marching, as 300W-LP's 2D "
-                "landmarks; `geometry.landmarks`), where they were fixed 3DMM vertices inside it. The "
-                "run.m crop is sized from them, so every crop is a little wider (the face 6-17% smaller); "
-                "faces, volumes and the other landmarks are unchanged."),
+      "2.1.0": ("The jaw landmarks beside the chin (16 of 17) follow the face's visible outline, as "
+                "photos are annotated and landmark detectors place them (landmark marching, as 300W-LP's "
+                "2D landmarks; `geometry.landmarks`), where they were fixed 3DMM vertices inside it. The "
+                "run.m crop is sized from them, so every crop is wider (the face 6-17% smaller in it) and "
+                "every image and target volume changes; the faces, their poses and 3D shapes and the "
+                "other landmarks do not."),
   }
   BUILDER_CONFIGS = _synthetic_configs() + [
       VrnFacesConfig(name="300w_lp", description="300W-LP from --manual_dir (train)."),
