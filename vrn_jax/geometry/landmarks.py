@@ -9,7 +9,9 @@ one. 300W-LP's
 2D landmarks move each jaw point along a horizontal line on the face (a "parallel") to the outline
 ("landmark marching"; Zhu et al., CVPR 2016). This does the same with the model's own parallels: for jaw
 landmark k, the face-region vertices at its height (within a band) on its side of the face; after
-posing, the one furthest out along the face's left-right axis in the image.
+posing, the one furthest out along the face's left-right axis in the image. The parallels stay inside
+the model's `face_mask` (the procedural model's stops in front of the ears); a 3DMM loaded without a
+face region (all vertices in it) would march its jaw points onto the ears.
 
 Why it matters here: the crop (`geometry.crop.crop_from_landmarks`, the release's run.m rule) is sized
 from the landmarks' bounding box. Photos are cropped from 2D-annotated (outline) landmarks; on the
