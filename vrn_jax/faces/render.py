@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import weakref
 
 import numpy as np
 
 from vrn_jax.geometry.mesh import outward_triangle_normals, outward_vertex_normals, vertex_normals
-from vrn_jax.geometry.morphable_model import MorphableModel
+from vrn_jax.geometry.morphable_model import MorphableModel, per_model_cache
 from vrn_jax.geometry.raster import depth_buffer, rasterise
 
 # [skin lightness, redness, yellowness; lips; hair darkness; iris; blush; hair (bald below -1);
@@ -137,22 +136,9 @@ class _AlbedoLayers:
   socket: np.ndarray
 
 
-_LAYER_CACHE: dict[int, tuple[weakref.ref, _AlbedoLayers]] = {}
-
-
+@per_model_cache
 def _albedo_layers(model: MorphableModel) -> _AlbedoLayers:
   """The regions of `model`'s mean face, computed once per model object (they cost ~20 ms)."""
-  hit = _LAYER_CACHE.get(id(model))
-  if hit is not None and hit[0]() is model:
-    return hit[1]
-  layers = _compute_albedo_layers(model)
-  if len(_LAYER_CACHE) >= 8:
-    _LAYER_CACHE.clear()
-  _LAYER_CACHE[id(model)] = (weakref.ref(model), layers)
-  return layers
-
-
-def _compute_albedo_layers(model: MorphableModel) -> _AlbedoLayers:
   mean = model.vertices()
   lm = mean[model.landmark_indices]
   iod = float(np.linalg.norm(lm[45, :2] - lm[36, :2]))
@@ -702,19 +688,16 @@ def shadow_visibility(vertices: np.ndarray, triangles: np.ndarray, points: np.nd
   return lit / len(taps)
 
 
-_AO_CACHE: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 _AO_DIRECTIONS = 24
 
 
+@per_model_cache
 def ambient_occlusion(model: MorphableModel) -> np.ndarray:
   """(N,) how much of the sky each vertex of `model`'s mean face sees, cosine-weighted, in [0, 1]:
   eye sockets, the sides of the nose, the mouth's corners and the neck under the chin get less ambient
   light than the forehead. Computed once per model object (~0.2 s) from shadow maps in directions spread
   over the sphere; it holds for every identity and expression closely enough (they move vertices by a
   few millimetres)."""
-  hit = _AO_CACHE.get(id(model))
-  if hit is not None and hit[0]() is model:
-    return hit[1]
   v = np.asarray(model.vertices(), np.float64)
   tri = np.asarray(model.triangles, np.int64)
   normals = outward_vertex_normals(v, tri)
@@ -734,11 +717,7 @@ def ambient_occlusion(model: MorphableModel) -> np.ndarray:
   occlusion = np.clip(seen / np.maximum(total, 1e-9), 0.0, 1.0)
   # The mean face's lips are closed, so its mouth's inside sees nothing; an open mouth lets the room's
   # light in (the inside of a mouth in a photo is dark red, teeth grey, not black).
-  occlusion = np.maximum(occlusion, 0.4 * _albedo_layers(model).interior)
-  if len(_AO_CACHE) >= 8:
-    _AO_CACHE.clear()
-  _AO_CACHE[id(model)] = (weakref.ref(model), occlusion)
-  return occlusion
+  return np.maximum(occlusion, 0.4 * _albedo_layers(model).interior)
 
 
 def render_scene(meshes: list[SceneMesh], lighting: Lighting,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vrn_jax.geometry.morphable_model import MorphableModel
+from vrn_jax.geometry.morphable_model import MorphableModel, per_model_cache
 
 # 0-based iBUG indices: the jaw line without the chin (8), which stays the model's vertex (its lowest
 # point is where both annotations put it).
@@ -40,6 +40,7 @@ BAND_SHARE = 0.02
 MIN_LATERAL_SHARE = 0.5
 
 
+@per_model_cache
 def _parallels(model: MorphableModel) -> list[np.ndarray]:
   """For each jaw landmark but the chin (JAW_LEFT + JAW_RIGHT order), its candidate vertices."""
   mean = model.mean.reshape(-1, 3).astype(np.float64)
@@ -61,17 +62,6 @@ def _parallels(model: MorphableModel) -> list[np.ndarray]:
     # The fixed vertex always competes: a parallel never does worse than the model's own landmark.
     out.append(np.union1d(candidates, [fixed[k]]))
   return out
-
-
-_CACHE: dict[int, tuple[MorphableModel, list[np.ndarray]]] = {}
-
-
-def _cached_parallels(model: MorphableModel) -> list[np.ndarray]:
-  hit = _CACHE.get(id(model))
-  if hit is None or hit[0] is not model:
-    hit = (model, _parallels(model))
-    _CACHE[id(model)] = hit
-  return hit[1]
 
 
 def outline_landmark_indices(model: MorphableModel, posed: np.ndarray) -> np.ndarray:
@@ -98,7 +88,7 @@ def outline_landmark_indices(model: MorphableModel, posed: np.ndarray) -> np.nda
     return out
   axis /= norm
   along = posed[:, :2] @ axis
-  for k, candidates in zip(JAW_LEFT + JAW_RIGHT, _cached_parallels(model)):
+  for k, candidates in zip(JAW_LEFT + JAW_RIGHT, _parallels(model)):
     # Landmarks 0-7 lie on the side of landmark 36, 9-16 on 45's: outward is -axis and +axis.
     sign = -1.0 if k < 8 else 1.0
     out[k] = candidates[np.argmax(sign * along[candidates])]

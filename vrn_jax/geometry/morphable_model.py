@@ -7,7 +7,10 @@ and 1-based triangles and keypoints. `MorphableModel` is the one in-memory form;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import weakref
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -55,6 +58,32 @@ class MorphableModel:
   def face_triangles(self) -> np.ndarray:
     """(T', 3) triangles whose three vertices all lie in the face region."""
     return self.triangles[np.all(self.face_mask[self.triangles], axis=1)]
+
+
+_T = TypeVar("_T")
+# Models held by a per-model cache at once; more are computed again (a process rarely has two).
+_MODELS_PER_CACHE = 8
+
+
+def per_model_cache(compute: Callable[[MorphableModel], _T]) -> Callable[[MorphableModel], _T]:
+  """`compute(model)`, once per model object: for what derives from a model alone and costs
+  milliseconds, asked for with every face drawn or example made. A model (a dataclass of arrays) is not
+  hashable, so entries are keyed by its id and held by a weak reference (a new model at a freed id is
+  not taken for the old one); at most _MODELS_PER_CACHE of them."""
+  cache: dict[int, tuple[weakref.ref, _T]] = {}
+
+  @functools.wraps(compute)
+  def cached(model: MorphableModel) -> _T:
+    hit = cache.get(id(model))
+    if hit is not None and hit[0]() is model:
+      return hit[1]
+    value = compute(model)
+    if len(cache) >= _MODELS_PER_CACHE:
+      cache.clear()
+    cache[id(model)] = (weakref.ref(model), value)
+    return value
+
+  return cached
 
 
 def _column(data: dict, key: str, path: str) -> np.ndarray:
