@@ -430,20 +430,39 @@ def test_predictor_landmarks_are_the_networks_own(variant):
   detector's, built apart from the model with the model's stem), for the smoke config's patchify stem."""
   from vrn_jax import inference, models
   from vrn_jax.configs import default
+  from vrn_jax.data import augment
   from vrn_jax.training import steps
 
   config = default.get_config("test")
   config.model.variant = variant
+  config.test_time_flip = False
   if variant == "vrn_guided":
     config.model.body_stride = 1  # VRN-Guided's volume net runs its hourglasses at 48x48
   model = steps.create_model(config, axis_name=None)
   crops = np.random.default_rng(0).integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)
   variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
-  heatmaps = model.apply(variables, crops.astype(np.float32) / 255.0, train=False)["heatmaps"]
-  expected = models.heatmap_peaks(heatmaps[-1] if isinstance(heatmaps, list) else heatmaps)
+
+  def last_heatmaps(images):
+    heatmaps = model.apply(variables, images.astype(np.float32) / 255.0, train=False)["heatmaps"]
+    return heatmaps[-1] if isinstance(heatmaps, list) else heatmaps
+
+  expected = models.heatmap_peaks(last_heatmaps(crops))
   got = inference.Predictor(config, variables, batch_size=2).predict_landmarks(crops)
   assert got.shape == (2, 68, 2)
   np.testing.assert_allclose(got, expected, atol=1e-3)
+  # Test-time flip: the peaks of the mean of the crop's heatmaps and its mirror image's, mirrored back
+  # with each landmark's channel taken from its mirror partner (a frontal face's landmark 1 is the
+  # mirror image's 17).
+  config.test_time_flip = True
+  flipped = inference.Predictor(config, variables, batch_size=2)
+  mirrored = np.asarray(last_heatmaps(crops[:, :, ::-1]))[:, :, ::-1][..., augment.FLIP_PERMUTATION]
+  expected = models.heatmap_peaks(0.5 * (np.asarray(last_heatmaps(crops)) + mirrored))
+  got = flipped.predict_landmarks(crops)
+  np.testing.assert_allclose(got, expected, atol=1e-3)
+  # So the landmarks of the mirror image are these mirrored (x -> 191 - x), relabelled.
+  got_mirror = flipped.predict_landmarks(crops[:, :, ::-1].copy())[:, augment.FLIP_PERMUTATION]
+  np.testing.assert_allclose(got_mirror[..., 0], 191.0 - got[..., 0], atol=1e-2)
+  np.testing.assert_allclose(got_mirror[..., 1], got[..., 1], atol=1e-2)
 
 
 def test_volumes_are_the_logits_smoothed_along_z():
@@ -465,6 +484,7 @@ def test_volumes_are_the_logits_smoothed_along_z():
     np.testing.assert_allclose(x @ inference.z_smoothing_matrix(40, sigma).T, want, atol=1e-12)
   np.testing.assert_array_equal(inference.z_smoothing_matrix(40, 0.0), np.eye(40))
   config = default.get_config("test")
+  config.test_time_flip = False  # one forward pass (test_volumes_with_test_time_flip has the other)
   model = steps.create_model(config, axis_name=None)
   crops = rng.integers(0, 256, (2, 192, 192, 3), dtype=np.uint8)
   variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
@@ -498,67 +518,38 @@ def test_volumes_are_the_logits_smoothed_along_z():
     inference.Predictor(config, variables, batch_size=2)
 
 
-def test_heatmap_peaks_recover_landmarks():
-  from vrn_jax.models import heatmap_peaks, render_heatmaps
+def test_volumes_with_test_time_flip(tiny):
+  """With the config's test_time_flip the soft volume is the mean of the one-pass soft volumes of the
+  crop and of its mirror image mirrored back along x; so the mirror image's volume is the volume
+  mirrored, and the IoU `evaluate_batch` reports is that mean's (> 0.5) against the decoded target."""
+  from vrn_jax import evaluate, inference
+  from vrn_jax.configs import default
+  from vrn_jax.data import augment, pipeline
+  from vrn_jax.training import steps
 
-  rng = np.random.default_rng(3)
-  points = rng.uniform(10, 180, (2, 68, 2)).astype(np.float32)
-  # Sampled Gaussians have exactly parabolic log-values: float32 rounding is all that is left, at the
-  # guidance's sigma and at the wider one the landmark heads regress.
-  for sigma in (1.0, 4.0):
-    heatmaps = np.array(render_heatmaps(points, sigma=sigma))
-    np.testing.assert_allclose(heatmap_peaks(heatmaps), points, atol=1e-3)
-  heatmaps[0, :, :, 5] = 0.0  # a flat channel: its argmax (pixel 0, 0), no refinement, no NaN
-  np.testing.assert_array_equal(heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
-
-
-def test_ground_truth_is_rebuilt_and_checked_against_the_example():
-  from vrn_jax import evaluate
-  from vrn_jax.data import build
-  from vrn_jax.errors import InputError
-
-  name, example = build.synthetic_example(2, 5)
-  source = evaluate.GroundTruthSource("synthetic")
-  gt = source(name, example["crop_transform"], example["landmarks"])
-  from vrn_jax.data import examples
-  from vrn_jax.faces.face_model import build_face_model
-  outline = examples.landmark_indices(build_face_model(), gt.vertices)
-  np.testing.assert_allclose(gt.vertices[outline], example["landmarks"], atol=1e-3)
-  # The ground truth's own landmarks are the model's vertices: the same but for the jaw.
-  np.testing.assert_allclose(gt.landmarks[17:], example["landmarks"][17:], atol=1e-3)
-  face = gt.face_mesh()
-  assert face.vertices.shape == (int(gt.face_mask.sum()), 3) and face.faces.max() < len(face.vertices)
-  # Another example's stored crop: the rebuilt mesh does not belong to it.
-  with pytest.raises(InputError, match=r"synthetic_2_000004.* does not match the dataset example.*"
-                     r"tfds build vrn_jax/datasets/vrn_faces --config=synthetic --overwrite"):
-    source("synthetic_2_000004", example["crop_transform"], example["landmarks"])
-  with pytest.raises(InputError, match=r"vrn_faces/aflw2000_3d needs the ground-truth 3DMM meshes.*"
-                     r"--manual_dir"):
-    evaluate.GroundTruthSource("aflw2000_3d")
-
-
-def test_ground_truth_of_the_ablation_sets():
-  """Every synthetic config the builder registers has ground truth, rebuilt with that config's scene:
-  the same seeds, but without the wider expression draw a face's expression, so its mesh, differs."""
-  from vrn_jax import evaluate
-  from vrn_jax.data import build
-  from vrn_jax.datasets.vrn_faces import Builder
-  from vrn_jax.errors import InputError
-  from vrn_jax.faces.scene import SceneOptions
-
-  synthetic = [c for c in Builder.BUILDER_CONFIGS if c.scene is not None]
-  # synthetic, synthetic_plain, one synthetic_no_<part> per scene part (10), one per group of parts (4).
-  assert len(synthetic) == 16 and {"synthetic_no_backgrounds", "synthetic_no_person"} <= {
-      c.name for c in synthetic}
-  for config in synthetic:
-    assert evaluate.GroundTruthSource(config.name).scene == SceneOptions(**config.scene)
-  # synthetic_plain (cheap to make: no props, no camera) draws the narrower expressions.
-  name, example = build.synthetic_example(2, 5, scene=SceneOptions.plain())
-  gt = evaluate.GroundTruthSource("synthetic_plain")(name, example["crop_transform"], example["landmarks"])
-  # (The source checks all 68 against the rebuilt face; the jaw's follow its outline, the rest are the
-  # model's vertices.)
-  np.testing.assert_allclose(gt.landmarks[17:], example["landmarks"][17:], atol=1e-3)
-  with pytest.raises(InputError, match=r"does not match the dataset example.*--config=synthetic "):
-    evaluate.GroundTruthSource("synthetic")(name, example["crop_transform"], example["landmarks"])
-  with pytest.raises(InputError, match=r"synthetic_plain, synthetic_no_photo_backgrounds.*'300w_lp'"):
-    evaluate.GroundTruthSource("synthetic_no_such_part")
+  config = default.get_config("test")
+  assert config.test_time_flip  # the default's inference
+  model = steps.create_model(config, axis_name=None)
+  _, fields = next(evaluate._read_batches(
+      pipeline.data_source(tiny["data_dir"], "aflw2000_3d", "test"), 2, 2))
+  crops = fields["image"]
+  variables = model.init(jax.random.key(0), crops[:1].astype(np.float32))
+  flipped = inference.Predictor(config, variables, batch_size=2)
+  config.test_time_flip = False
+  single = inference.Predictor(config, variables, batch_size=2)
+  mirror = crops[:, :, ::-1].copy()
+  one, other = single.volumes(crops), single.volumes(mirror)[:, :, ::-1]
+  assert np.abs(one - other).max() > 1e-3  # the untrained network is not mirror-symmetric
+  got = flipped.volumes(crops)
+  np.testing.assert_allclose(got, 0.5 * (one + other), atol=1e-6)
+  np.testing.assert_allclose(flipped.volumes(mirror), got[:, :, ::-1], atol=1e-6)
+  probs, iou = flipped.evaluate_batch(fields)
+  np.testing.assert_allclose(probs, got, atol=1e-6)
+  device = {k.replace("/", "_"): fields[k.replace("/", "_")] for k in pipeline.DEVICE_FIELDS}
+  for j in range(2):
+    target = np.asarray(augment.augment_example(
+        None, {k: v[j] for k, v in device.items()}, None, train=False)[1])
+    assert target.sum() > 0
+    occupied = probs[j] > 0.5
+    want = (occupied & target).sum() / (occupied | target).sum()
+    np.testing.assert_allclose(iou[j], want, atol=1e-6)

@@ -10,8 +10,9 @@ inference of the next batches, isosurface it at 0.5 and score it:
     ICP alignment" numbers).
   - `nme_bbox`: PRNet's protocol (aligned errors / sqrt(w h) of the 68 landmarks' box). A different
     normaliser: never compare it with the interocular numbers.
-  - `iou`: volume IoU of the prediction (logits > 0, after the config's smooth_z_voxels:
-    `inference.fold_z_smoothing`) against the decoded target.
+  - `iou`: volume IoU of the prediction (soft volume > 0.5, after the config's smooth_z_voxels:
+    `inference.fold_z_smoothing`, and with its test_time_flip the mean of the crop's and its mirror
+    image's) against the decoded target.
 Results go to `<workdir>/eval/<step>/`: `metrics.json` (means, medians, |yaw| bins, failures),
 `samples.csv` (one row per example) and `ced.png` (cumulative error distribution, NME 0-0.1).
 
@@ -69,8 +70,8 @@ PROTOCOLS = {
                    "alignment')",
     "nme_bbox": "PRNet-style: aligned errors / sqrt(w h) of the ground truth's 68-landmark x, y box; a "
                 "different normaliser, not comparable with nme",
-    "iou": "volume IoU, prediction (logits > 0, smoothed along z by the config's smooth_z_voxels) vs "
-           "the decoded target",
+    "iou": "volume IoU, prediction (soft volume > 0.5, smoothed along z by the config's smooth_z_voxels, "
+           "with its test_time_flip averaged with the mirror image's) vs the decoded target",
 }
 
 

@@ -126,6 +126,39 @@ def _volume_logits(model, variables, images):
   return out["volume"] if isinstance(out, dict) else out
 
 
+def test_time_flip(config) -> bool:
+  """config.test_time_flip (False when absent: configs from before it, the paper's)."""
+  return bool(config.get("test_time_flip", False))
+
+
+def _mirrored(images):
+  """(b, h, w, c) crops mirrored left-right: x -> w - 1 - x, about the crop's centre (95.5)."""
+  return images[:, :, ::-1]
+
+
+def _volume_probs_and_mask(model, variables, images, flip: bool):
+  """Soft volumes (b, 192, 192, 200) and their occupied voxels. With `flip`, the mean of the soft
+  volumes of the crop and of its mirror image mirrored back (test-time flip: the network is not exactly
+  mirror-symmetric, and the mean of the two is closer to the truth than either, on average)."""
+  logits = _volume_logits(model, variables, images)
+  if not flip:
+    return jax.nn.sigmoid(logits), logits > 0.0
+  probs = 0.5 * (jax.nn.sigmoid(logits)
+                 + _mirrored(jax.nn.sigmoid(_volume_logits(model, variables, _mirrored(images)))))
+  return probs, probs > 0.5
+
+
+def _landmark_peaks(heatmaps_fn, images, flip: bool):
+  """(b, 68, 2) crop landmarks at the peaks of `heatmaps_fn(images)` (b, h, w, 68); with `flip`, of the
+  mean of those heatmaps and the mirror image's, mirrored back with each landmark's channel swapped for
+  its mirror partner's (`augment.FLIP_PERMUTATION`)."""
+  heatmaps = heatmaps_fn(images)
+  if flip:
+    mirrored = _mirrored(heatmaps_fn(_mirrored(images)))[..., augment.FLIP_PERMUTATION]
+    heatmaps = 0.5 * (heatmaps + mirrored)
+  return models.heatmap_peaks(heatmaps)
+
+
 def smooth_z_voxels(config) -> float:
   """config.smooth_z_voxels (0, none, when absent: configs from before it, the paper's), checked."""
   sigma = float(config.get("smooth_z_voxels", 0.0))
@@ -182,33 +215,33 @@ def fold_z_smoothing(variables: dict, sigma: float, depth: int) -> dict:
   return folded
 
 
-def _eval_forward(model, variables, batch):
+def _eval_forward(model, flip, variables, batch):
   """Per replica: soft volumes (b, 192, 192, 200) float32 and IoU (b,) against the decoded targets."""
   # No augmentation: the crop as stored (float in [0, 1]) and its target, as steps.eval_step sees them.
   images, targets, _ = jax.vmap(lambda e: augment.augment_example(None, e, None, train=False))(batch)
-  logits = _volume_logits(model, variables, images)
-  return jax.nn.sigmoid(logits), models.volume_iou(logits > 0.0, targets)
+  probs, occupied = _volume_probs_and_mask(model, variables, images, flip)
+  return probs, models.volume_iou(occupied, targets)
 
 
-def _photo_forward(model, variables, images):
+def _photo_forward(model, flip, variables, images):
   """Per replica: (b, 192, 192, 3) uint8 crops -> (b, 192, 192, 200) float32 soft volumes."""
-  return jax.nn.sigmoid(_volume_logits(model, variables, images.astype(jnp.float32) / 255.0))
+  return _volume_probs_and_mask(model, variables, images.astype(jnp.float32) / 255.0, flip)[0]
 
 
 # The landmark forwards return the heatmaps' peaks, found on the device: (b, 68, 2) crop pixels cross to
 # the host instead of (b, 192, 192, 68) float32 heatmaps.
 
 
-def _detector_forward(detector, variables, images):
+def _detector_forward(detector, flip, variables, images):
   """Per replica: VRN-Guided's detected landmarks (b, 68, 2) of (b, 192, 192, 3) uint8 crops."""
-  heatmaps = detector.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[-1]
-  return models.heatmap_peaks(heatmaps)
+  return _landmark_peaks(lambda x: detector.apply(variables, x, train=False)[-1],
+                         images.astype(jnp.float32) / 255.0, flip)
 
 
-def _heatmap_forward(model, variables, images):
+def _heatmap_forward(model, flip, variables, images):
   """Per replica: VRN-Multitask's own landmarks (b, 68, 2) of (b, 192, 192, 3) uint8 crops."""
-  heatmaps = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)["heatmaps"]
-  return models.heatmap_peaks(heatmaps)
+  return _landmark_peaks(lambda x: model.apply(variables, x, train=False)["heatmaps"],
+                         images.astype(jnp.float32) / 255.0, flip)
 
 
 class Predictor:
@@ -233,8 +266,11 @@ class Predictor:
     self.smooth_z = smooth_z_voxels(config)
     self._variables = jax_utils.replicate(
         fold_z_smoothing(variables, self.smooth_z, config.model.volume_depth))
-    self._eval = jax.pmap(functools.partial(_eval_forward, self.model))
-    self._photo = jax.pmap(functools.partial(_photo_forward, self.model))
+    # With the config's test_time_flip, every volume and landmark is the mean of the crop's and its
+    # mirror image's (two forward passes).
+    self.flip = test_time_flip(config)
+    self._eval = jax.pmap(functools.partial(_eval_forward, self.model, self.flip))
+    self._photo = jax.pmap(functools.partial(_photo_forward, self.model, self.flip))
     self.has_detector = config.model.variant == "vrn_guided"
     if self.has_detector:
       m = self.model
@@ -244,11 +280,11 @@ class Predictor:
       self._detector_variables = jax_utils.replicate(
           {"params": variables["params"]["detector"],
            "batch_stats": variables["batch_stats"]["detector"]})
-      self._detect = jax.pmap(functools.partial(_detector_forward, detector))
+      self._detect = jax.pmap(functools.partial(_detector_forward, detector, self.flip))
     # VRN-Multitask regresses landmarks beside the volume; VRN-Guided's detector finds them.
     self.predicts_landmarks = config.model.variant in ("vrn_multitask", "vrn_guided")
     if config.model.variant == "vrn_multitask":
-      self._heatmaps = jax.pmap(functools.partial(_heatmap_forward, self.model))
+      self._heatmaps = jax.pmap(functools.partial(_heatmap_forward, self.model, self.flip))
 
   def padded_size(self, n: int) -> int:
     """The batch `n` images run as: `batch_size`, or with `small_batches` the smallest power of two

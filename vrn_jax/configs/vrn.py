@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
   config.thin_column_weight = 1.0  # and every voxel weighted alike
   config.relief_weight = 1.0
   config.smooth_z_voxels = 0.0     # meshes from the network's own soft volume, as the release's
+  config.test_time_flip = False    # one forward pass per crop, as the release's
   config.ema_decay = 0.0         # the paper evaluates the trained weights themselves
   # The paper's optimisation and augmentation, whatever the CPU default uses (DESIGN.md section 1).
   config.optim.name = "rmsprop"
