@@ -553,3 +553,69 @@ def test_volumes_with_test_time_flip(tiny):
     occupied = probs[j] > 0.5
     want = (occupied & target).sum() / (occupied | target).sum()
     np.testing.assert_allclose(iou[j], want, atol=1e-6)
+
+
+def test_heatmap_peaks_recover_landmarks():
+  from vrn_jax.models import heatmap_peaks, render_heatmaps
+
+  rng = np.random.default_rng(3)
+  points = rng.uniform(10, 180, (2, 68, 2)).astype(np.float32)
+  # Sampled Gaussians have exactly parabolic log-values: float32 rounding is all that is left, at the
+  # guidance's sigma and at the wider one the landmark heads regress.
+  for sigma in (1.0, 4.0):
+    heatmaps = np.array(render_heatmaps(points, sigma=sigma))
+    np.testing.assert_allclose(heatmap_peaks(heatmaps), points, atol=1e-3)
+  heatmaps[0, :, :, 5] = 0.0  # a flat channel: its argmax (pixel 0, 0), no refinement, no NaN
+  np.testing.assert_array_equal(heatmap_peaks(heatmaps)[0, 5], [0.0, 0.0])
+
+
+def test_ground_truth_is_rebuilt_and_checked_against_the_example():
+  from vrn_jax import evaluate
+  from vrn_jax.data import build
+  from vrn_jax.errors import InputError
+
+  name, example = build.synthetic_example(2, 5)
+  source = evaluate.GroundTruthSource("synthetic")
+  gt = source(name, example["crop_transform"], example["landmarks"])
+  from vrn_jax.data import examples
+  from vrn_jax.faces.face_model import build_face_model
+  outline = examples.landmark_indices(build_face_model(), gt.vertices)
+  np.testing.assert_allclose(gt.vertices[outline], example["landmarks"], atol=1e-3)
+  # The ground truth's own landmarks are the model's vertices: the same but for the jaw.
+  np.testing.assert_allclose(gt.landmarks[17:], example["landmarks"][17:], atol=1e-3)
+  face = gt.face_mesh()
+  assert face.vertices.shape == (int(gt.face_mask.sum()), 3) and face.faces.max() < len(face.vertices)
+  # Another example's stored crop: the rebuilt mesh does not belong to it.
+  with pytest.raises(InputError, match=r"synthetic_2_000004.* does not match the dataset example.*"
+                     r"tfds build vrn_jax/datasets/vrn_faces --config=synthetic --overwrite"):
+    source("synthetic_2_000004", example["crop_transform"], example["landmarks"])
+  with pytest.raises(InputError, match=r"vrn_faces/aflw2000_3d needs the ground-truth 3DMM meshes.*"
+                     r"--manual_dir"):
+    evaluate.GroundTruthSource("aflw2000_3d")
+
+
+def test_ground_truth_of_the_ablation_sets():
+  """Every synthetic config the builder registers has ground truth, rebuilt with that config's scene:
+  the same seeds, but without the wider expression draw a face's expression, so its mesh, differs."""
+  from vrn_jax import evaluate
+  from vrn_jax.data import build
+  from vrn_jax.datasets.vrn_faces import Builder
+  from vrn_jax.errors import InputError
+  from vrn_jax.faces.scene import SceneOptions
+
+  synthetic = [c for c in Builder.BUILDER_CONFIGS if c.scene is not None]
+  # synthetic, synthetic_plain, one synthetic_no_<part> per scene part (10), one per group of parts (4).
+  assert len(synthetic) == 16 and {"synthetic_no_backgrounds", "synthetic_no_person"} <= {
+      c.name for c in synthetic}
+  for config in synthetic:
+    assert evaluate.GroundTruthSource(config.name).scene == SceneOptions(**config.scene)
+  # synthetic_plain (cheap to make: no props, no camera) draws the narrower expressions.
+  name, example = build.synthetic_example(2, 5, scene=SceneOptions.plain())
+  gt = evaluate.GroundTruthSource("synthetic_plain")(name, example["crop_transform"], example["landmarks"])
+  # (The source checks all 68 against the rebuilt face; the jaw's follow its outline, the rest are the
+  # model's vertices.)
+  np.testing.assert_allclose(gt.landmarks[17:], example["landmarks"][17:], atol=1e-3)
+  with pytest.raises(InputError, match=r"does not match the dataset example.*--config=synthetic "):
+    evaluate.GroundTruthSource("synthetic")(name, example["crop_transform"], example["landmarks"])
+  with pytest.raises(InputError, match=r"synthetic_plain, synthetic_no_photo_backgrounds.*'300w_lp'"):
+    evaluate.GroundTruthSource("synthetic_no_such_part")
