@@ -11,8 +11,9 @@ def get_config(arg: str | None = None):
   config.num_epochs = 16.8
   config.optim.decay_epochs = (13.44,)
   # The paper's loss weights: over this many steps the default's thin-column weights cost held-out IoU
-  # (0.842 against 0.851 on vrn_faces 2.0.0) for a wider outline on the photos (hull 0.984 / 0.959 against 0.974 / 0.945),
-  # and the same number of photos meeting every goal (docs/experiments.md, rows long_bspline, long_thin).
+  # (0.842 against 0.851 on vrn_faces 2.0.0) for a wider outline on the photos (hull 0.984 / 0.959
+  # against 0.974 / 0.945), and the same number of photos meeting every goal (docs/experiments.md, rows
+  # long_bspline, long_thin).
   config.thin_column_weight = 1.0
   config.relief_weight = 1.0
   # And the loss on 1/64 of the voxels, as its figures were measured (the default's stride 4 has not been
