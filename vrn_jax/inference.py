@@ -136,16 +136,23 @@ def _mirrored(images):
   return images[:, :, ::-1]
 
 
+def _with_mirrors(images):
+  """(2b, h, w, c): the crops, then their mirror images. One forward pass over both traces and compiles
+  the network once (two passes inlined it twice in every program) and runs as one batch; in inference
+  BatchNorm uses its running statistics, so each crop's output does not depend on the others."""
+  return jnp.concatenate([images, _mirrored(images)], axis=0)
+
+
 def _volume_probs_and_mask(model, variables, images, flip: bool):
   """Soft volumes (b, 192, 192, 200) and their occupied voxels. With `flip`, the mean of the soft
   volumes of the crop and of its mirror image mirrored back (test-time flip: the network is not exactly
   mirror-symmetric, and on every model raced the mean scored a higher IoU than one pass:
   docs/experiments.md)."""
-  logits = _volume_logits(model, variables, images)
   if not flip:
+    logits = _volume_logits(model, variables, images)
     return jax.nn.sigmoid(logits), logits > 0.0
-  probs = 0.5 * (jax.nn.sigmoid(logits)
-                 + _mirrored(jax.nn.sigmoid(_volume_logits(model, variables, _mirrored(images)))))
+  probs = jax.nn.sigmoid(_volume_logits(model, variables, _with_mirrors(images)))
+  probs = 0.5 * (probs[:len(images)] + _mirrored(probs[len(images):]))
   return probs, probs > 0.5
 
 
@@ -153,11 +160,11 @@ def _landmark_peaks(heatmaps_fn, images, flip: bool):
   """(b, 68, 2) crop landmarks at the peaks of `heatmaps_fn(images)` (b, h, w, 68); with `flip`, of the
   mean of those heatmaps and the mirror image's, mirrored back with each landmark's channel swapped for
   its mirror partner's (`augment.FLIP_PERMUTATION`)."""
-  heatmaps = heatmaps_fn(images)
-  if flip:
-    mirrored = _mirrored(heatmaps_fn(_mirrored(images)))[..., augment.FLIP_PERMUTATION]
-    heatmaps = 0.5 * (heatmaps + mirrored)
-  return models.heatmap_peaks(heatmaps)
+  if not flip:
+    return models.heatmap_peaks(heatmaps_fn(images))
+  heatmaps = heatmaps_fn(_with_mirrors(images))
+  mirrored = _mirrored(heatmaps[len(images):])[..., augment.FLIP_PERMUTATION]
+  return models.heatmap_peaks(0.5 * (heatmaps[:len(images)] + mirrored))
 
 
 def smooth_z_voxels(config) -> float:
