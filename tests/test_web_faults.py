@@ -287,10 +287,11 @@ def test_rss_stays_near_the_warm_baseline_under_mixed_faults(server, photos, war
   is its high-water mark): warming up with 32 clients took the server from ~680-1,090 MB to ~1,320-1,450
   MB (4 photos at once, ~110 MB each at their peak, plus 16 kept results of ~15 MB); before the engine
   collected the meshes' trimesh garbage it reached ~3,070 MB and grew every round. The first fault
-  round can set a new high-water mark (by inference: it downloads files while photos are reconstructed,
-  which the warm-up does not): +11 to +80 MB here, +165 MB on a CI machine. A second round of the same mix added 0
-  MB. Hence: at most 1,100 MB over idle after the warm-up and after each round, and at most 100 MB
-  more after the second round than after the first (a leak grows every round).
+  round can set a new high-water mark (by inference: it downloads files while photos are
+  reconstructed, which the warm-up does not): +11 to +80 MB here, +165 MB on a CI machine. A second
+  round of the same mix added 0 MB. Hence: at most 1,100 MB over idle after the warm-up and after each
+  round, and at most 100 MB more after the second round than after the first (a leak grows every
+  round).
   """
   ctx = _context(server, photos, fuzz_inputs.photo_cases(5, 48))
   rss = []
