@@ -157,7 +157,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # three), all at 24x24; its landmark head's heatmaps give the network's own 68 landmarks.
     config.model.variant = "vrn_multitask"
     config.model.num_shared_hourglasses = 1
-    # Its figures were measured at loss stride 8; stride 4 has not been raced for it.
+    # Its figures were measured at loss stride 8; one run at stride 4 scored a little better on IoU and
+    # photo hull, level on landmark NME (docs/experiments.md, row mt_stride4): not adopted on one seed.
     config.loss_stride = 8
   elif arg:
     raise ValueError(f"configs/default.py: unknown argument {arg!r}; expected nothing, 'test' or "
