@@ -104,6 +104,38 @@ def test_landmarks_sit_where_they_should(model):
   assert np.all(model.face_mask[model.landmark_indices])
 
 
+def _lower_face(landmarks_2d: np.ndarray) -> dict[str, float]:
+  """Vertical distances of the lower face (image y, down) and the mouth's width, over the outer
+  interocular distance (landmarks 37-46, 1-based), from 68 landmarks of a near-frontal face."""
+  lm = np.asarray(landmarks_2d, np.float64)[:, :2]
+  iod = np.linalg.norm(lm[45] - lm[36])
+  return {"nose base to upper lip": (lm[51, 1] - lm[33, 1]) / iod,
+          "lips (closed)": (lm[57, 1] - lm[51, 1]) / iod,
+          "lower lip to chin": (lm[8, 1] - lm[57, 1]) / iod,
+          "mouth width": (lm[54, 0] - lm[48, 0]) / iod,
+          "lip gap": (lm[66, 1] - lm[62, 1]) / iod}
+
+
+def test_mean_face_has_the_lower_face_proportions_of_annotated_photos(model):
+  """The mean face's landmarks against the 300W-style annotations of the fixture photos with closed
+  mouths (all near-frontal): each proportion of the lower face within the photos' range. A network
+  trained on faces whose upper lip sat too close to the nose (0.10 interocular against the photos'
+  0.11-0.23) put every photo's upper lip too high."""
+  from conftest import fixtures_dir  # pylint: disable=g-import-not-at-top
+  from vrn_jax.files import read_landmarks_txt  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+
+  photos = [_lower_face(read_landmarks_txt(p))
+            for p in sorted(glob.glob(os.path.join(fixtures_dir(), "*.txt")))]
+  closed = [p for p in photos if p["lip gap"] < 0.05]
+  assert len(closed) >= 3, photos
+  mean = _lower_face(model.vertices()[model.landmark_indices][:, :2] * [1.0, -1.0])
+  assert mean["lip gap"] == 0.0
+  for key in ("nose base to upper lip", "lips (closed)", "lower lip to chin", "mouth width"):
+    values = [p[key] for p in closed]
+    assert min(values) <= mean[key] <= max(values), (key, mean[key], values)
+
+
 def test_mouth_opens_with_the_jaw_and_only_with_it(model):
   def gap_mm(e):
     v = model.vertices(None, e)[model.landmark_indices] / MM

@@ -19,7 +19,7 @@ import numpy as np
 from vrn_jax.errors import InputError
 
 DATASET = "vrn_faces"
-VERSION = "2.1.0"  # the built dataset version; the tfds builder takes its VERSION from here
+VERSION = "2.2.0"  # the built dataset version; the tfds builder takes its VERSION from here
 # What a training/eval batch carries to the device (strings and host-only metadata stay behind).
 DEVICE_FIELDS = ("image", "volume/depth", "volume/back", "volume/step", "volume/affine", "landmarks",
                  "yaw")

@@ -45,8 +45,15 @@ _SEED = 20170921  # the smooth random tail of both bases
 _TOP_Y = 86.0  # top of the face region (forehead); a skull cap continues above
 _CAP_HEIGHT = 36.0
 _MASK_THETA = np.deg2rad(80.0)  # the face region stops in front of the ears
-_MOUTH_Y = -68.0
-_MOUTH_HALF_WIDTH = 24.0
+# The mouth line and the slit's half-width. With the lip landmarks below they give the mean face the
+# lower face of 300W-style annotations of photos. Over the outer interocular distance, the mean face
+# against the fixture photos with closed mouths: nose base to upper lip 0.15 (photos 0.11-0.23), closed
+# lips 0.18 (0.14-0.20), lower lip to chin 0.40 (0.30-0.49), mouth width 0.57 (0.53-0.67). The mouth
+# once sat 1.5 mm higher with lips 4.5 mm taller and 12 mm wider (0.10 / 0.23 / 0.37 / 0.71): a
+# network trained on those put a photo's upper lip 0.07 interocular too high (docs/experiments.md,
+# "The lower face's proportions"; tests/test_face_model.py checks the ranges).
+_MOUTH_Y = -69.5
+_MOUTH_HALF_WIDTH = 21.0
 _EYE_X, _EYE_Y = 31.0, 0.5
 _TMJ_Y, _TMJ_Z = -8.0, 8.0  # jaw hinge (temporomandibular joint), in front of the ear
 _NECK_SOFTNESS = 0.35  # 1/mm: sharpness of the smooth max between head and neck sections
@@ -147,8 +154,8 @@ def _brow_ridge(x, y):
 
 
 def _lips(x, y):
-  upper = _gauss(x, y, 0, _MOUTH_Y + 5.5, 16.0, 3.6) - 0.3 * _gauss(x, y, 0, _MOUTH_Y + 11, 3.0, 4.0)
-  lower = _gauss(x, y, 0, _MOUTH_Y - 5.5, 14.5, 4.4)
+  upper = _gauss(x, y, 0, _MOUTH_Y + 4.0, 13.5, 2.9) - 0.3 * _gauss(x, y, 0, _MOUTH_Y + 9.5, 3.0, 4.0)
+  lower = _gauss(x, y, 0, _MOUTH_Y - 4.5, 12.5, 3.7)
   return upper, lower
 
 
@@ -159,10 +166,10 @@ def _mean_features(x, y):
           + 3.5 * _brow_ridge(x, y)
           + 4.5 * _gauss(np.abs(x), y, 50.0, -12.0, 13.0, 11.0)  # cheekbones
           + 3.5 * _gauss(np.abs(x), y, 38.0, -45.0, 15.0, 15.0)  # cheeks
-          - 1.5 * _gauss(np.abs(x), y, 24.0, -57.0, 4.0, 9.0)  # nasolabial folds
-          + 6.0 * _gauss(x, y, 0, -64.0, 24.0, 17.0)  # the dental arch under the lips
+          - 1.5 * _gauss(np.abs(x), y, 22.0, -59.0, 4.0, 9.0)  # nasolabial folds
+          + 6.0 * _gauss(x, y, 0, _MOUTH_Y + 4.0, 22.0, 17.0)  # the dental arch under the lips
           + 4.0 * upper_lip + 4.5 * lower_lip
-          - 3.0 * _gauss(x, y, 0, -86.0, 13.0, 3.5)  # labiomental fold
+          - 3.0 * _gauss(x, y, 0, -88.0, 13.0, 3.5)  # labiomental fold
           + 6.0 * _gauss(x, y, 0, -101.0, 15.0, 8.5)  # chin
           - 4.0 * _gauss(np.abs(x), y, 61.0, 20.0, 9.0, 14.0)  # temples
           + 2.0 * _gauss(np.abs(x), y, 24.0, 45.0, 18.0, 16.0))  # frontal bossing
@@ -562,12 +569,12 @@ _LEFT_TARGETS = {
     31: (-12.0, -45.5), 32: (-6.0, -48.0),
     36: (-45.0, _EYE_Y + 0.5), 37: (-37.0, _EYE_Y + 4.3), 38: (-25.5, _EYE_Y + 4.3),
     39: (-17.5, _EYE_Y), 40: (-25.5, _EYE_Y - 3.6), 41: (-37.0, _EYE_Y - 3.6),
-    49: (-16.0, _MOUTH_Y + 5.0), 50: (-7.0, _MOUTH_Y + 8.5), 59: (-16.0, _MOUTH_Y - 6.5),
-    58: (-8.0, _MOUTH_Y - 10.5),
+    49: (-13.0, _MOUTH_Y + 4.5), 50: (-6.0, _MOUTH_Y + 7.0), 59: (-13.0, _MOUTH_Y - 5.5),
+    58: (-6.5, _MOUTH_Y - 8.5),
 }
 _MIRRORED = {26: 17, 25: 18, 24: 19, 23: 20, 22: 21, 35: 31, 34: 32, 45: 36, 44: 37, 43: 38, 42: 39,
              47: 40, 46: 41, 53: 49, 52: 50, 55: 59, 56: 58}
-_MIDLINE_Y = {27: 3.0, 28: -9.0, 29: -21.0, 33: -49.0, 51: _MOUTH_Y + 8.0, 57: _MOUTH_Y - 11.5}
+_MIDLINE_Y = {27: 3.0, 28: -9.0, 29: -21.0, 33: -49.0, 51: _MOUTH_Y + 6.5, 57: _MOUTH_Y - 9.0}
 _JAW_Y = [-3.0, -21.0, -39.0, -56.0, -72.0, -87.0, -99.0, -108.0]  # landmarks 0..7, left side
 
 
