@@ -1,13 +1,16 @@
 """The procedural face model: file round trips, anatomy of its landmarks, the mouth, the face mask."""
 
+import glob
 import os
 
 import numpy as np
 import pytest
 
+from conftest import fixtures_dir
 from vrn_jax.faces.face_model import (NUM_EXPRESSION, NUM_SHAPE, UNITS_PER_MM, build_face_model,
                                      mirror_vertex_indices, mouth_interior_mask, save_3ddfa,
                                      save_bfm_face3d)
+from vrn_jax.files import read_landmarks_txt
 from vrn_jax.geometry.morphable_model import load_3ddfa, load_bfm_face3d, load_morphable_model
 
 MM = UNITS_PER_MM
@@ -121,10 +124,6 @@ def test_mean_face_has_the_lower_face_proportions_of_annotated_photos(model):
   mouths (all near-frontal): each proportion of the lower face within the photos' range. A network
   trained on faces whose upper lip sat too close to the nose (0.10 interocular against the photos'
   0.11-0.23) put every photo's upper lip too high."""
-  from conftest import fixtures_dir  # pylint: disable=g-import-not-at-top
-  from vrn_jax.files import read_landmarks_txt  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-
   photos = [_lower_face(read_landmarks_txt(p))
             for p in sorted(glob.glob(os.path.join(fixtures_dir(), "*.txt")))]
   closed = [p for p in photos if p["lip gap"] < 0.05]

@@ -48,10 +48,10 @@ _MASK_THETA = np.deg2rad(80.0)  # the face region stops in front of the ears
 # The mouth line and the slit's half-width. With the lip landmarks below they give the mean face the
 # lower face of 300W-style annotations of photos. Over the outer interocular distance, the mean face
 # against the fixture photos with closed mouths: nose base to upper lip 0.15 (photos 0.11-0.23), closed
-# lips 0.18 (0.14-0.20), lower lip to chin 0.40 (0.30-0.49), mouth width 0.57 (0.53-0.67). The mouth
-# once sat 1.5 mm higher with lips 4.5 mm taller and 12 mm wider (0.10 / 0.23 / 0.37 / 0.71): a
-# network trained on those put a photo's upper lip 0.07 interocular too high (docs/experiments.md,
-# "The lower face's proportions"; tests/test_face_model.py checks the ranges).
+# lips 0.18 (0.14-0.20), lower lip to chin 0.40 (0.30-0.49), mouth width 0.57 (0.53-0.67). A mouth
+# 1.5 mm higher with lips 4.5 mm taller and 12 mm wider (0.10 / 0.23 / 0.37 / 0.71) taught the network
+# to put a photo's upper lip 0.07 interocular too high (docs/experiments.md, "The lower face's
+# proportions"; tests/test_face_model.py checks the ranges).
 _MOUTH_Y = -69.5
 _MOUTH_HALF_WIDTH = 21.0
 _EYE_X, _EYE_Y = 31.0, 0.5
