@@ -12,6 +12,7 @@ from vrn_jax.faces.face_model import (NUM_EXPRESSION, NUM_SHAPE, UNITS_PER_MM, b
                                      save_bfm_face3d)
 from vrn_jax.files import read_landmarks_txt
 from vrn_jax.geometry.morphable_model import load_3ddfa, load_bfm_face3d, load_morphable_model
+from vrn_jax.photo_metrics import interocular_distance_2d
 
 MM = UNITS_PER_MM
 
@@ -109,9 +110,9 @@ def test_landmarks_sit_where_they_should(model):
 
 def _lower_face(landmarks_2d: np.ndarray) -> dict[str, float]:
   """Vertical distances of the lower face (image y, down) and the mouth's width, over the outer
-  interocular distance (landmarks 37-46, 1-based), from 68 landmarks of a near-frontal face."""
+  interocular distance (the NME's normaliser), from 68 landmarks of a near-frontal face."""
   lm = np.asarray(landmarks_2d, np.float64)[:, :2]
-  iod = np.linalg.norm(lm[45] - lm[36])
+  iod = interocular_distance_2d(lm)
   return {"nose base to upper lip": (lm[51, 1] - lm[33, 1]) / iod,
           "lips (closed)": (lm[57, 1] - lm[51, 1]) / iod,
           "lower lip to chin": (lm[8, 1] - lm[57, 1]) / iod,
