@@ -446,6 +446,29 @@ def test_thin_column_loss_against_float64_and_its_minimiser():
   assert abs(best_p(60) - 0.6) < 2e-3  # thick: the filled share itself
 
 
+def test_soft_iou_loss_against_float64_and_the_volume_iou():
+  """`models.soft_iou_loss` and its gradient against float64 NumPy (the gradient written out by hand:
+  d(1 - I/U)/dp = -(t U - I (1 - t)) / U^2, times p (1 - p)); with saturated logits it is exactly
+  1 - `models.volume_iou` of the thresholded volume."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(0, 3, (3, 4, 5, 30)).astype(np.float32)
+  target = rng.random((3, 4, 5, 30)) < 0.3
+  x64, t64 = logits.astype(np.float64), target.astype(np.float64)
+  p = 1 / (1 + np.exp(-x64))
+  inter = (p * t64).sum(axis=(1, 2, 3), keepdims=True)
+  union = (p + t64 - p * t64).sum(axis=(1, 2, 3), keepdims=True)
+  want = np.mean(1 - inter / union)
+  want_grad = -(t64 * union - inter * (1 - t64)) / union ** 2 * p * (1 - p) / len(x64)
+  value, grad = jax.value_and_grad(models.soft_iou_loss)(jnp.asarray(logits), jnp.asarray(target))
+  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-9)
+  # Saturated: p is 0 or 1, the soft IoU the hard one.
+  sharp = jnp.where(jnp.asarray(logits) > 0, 40.0, -40.0)
+  hard = np.asarray(models.volume_iou(jnp.asarray(logits) > 0, jnp.asarray(target)))
+  np.testing.assert_allclose(float(models.soft_iou_loss(sharp, jnp.asarray(target))), 1 - hard.mean(),
+                             rtol=1e-6)
+
+
 def _relief_reference(target, window):
   """`models.relief_voxels` by loops in float64: each column's front surface against the mean of the
   filled columns' front surfaces in the window (clipped at the edges)."""

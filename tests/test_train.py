@@ -421,7 +421,10 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
            ({"relief_weight": 3.0, "relief_window_px": 4},  # 2 of the loss's columns (loss_stride 2)
             "relief_window_px 4: expected a whole number of crop pixels from 6"),
            ({"relief_window_px": 40, "thin_column_weight": 1.0, "model.head_upsample": "logits"},
-            "relief_weight != 1 needs model.head_upsample")]
+            "relief_weight != 1 needs model.head_upsample"),
+           ({"relief_weight": 1.0, "iou_loss_weight": 0.5}, "iou_loss_weight != 0 needs model.head_upsample"),
+           ({"model.head_upsample": "features", "iou_loss_weight": -1.0},
+            "iou_loss_weight -1.0: expected >= 0")]
   for i, (fields, match) in enumerate(cases):
     for name, value in fields.items():
       *parents, leaf = name.split(".")
@@ -434,6 +437,8 @@ def test_a_bad_schedule_is_reported_before_the_dataset_is_looked_at(tmp_path):
     assert not os.path.exists(tmp_path / f"w{i}")  # nothing written
   config.model.head_upsample = "features_bspline"
   config.thin_column_weight = 3.0
+  config.relief_weight = 3.0
+  config.iou_loss_weight = 0.5
   assert steps.relief_weight(config) == (3.0, 21)  # 40 px: 20 of the loss's columns, made odd
   config.loss_stride = 4
   assert steps.relief_weight(config) == (3.0, 11)  # the default's: 10 columns at loss_stride 4, made odd

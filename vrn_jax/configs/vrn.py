@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
   config.loss_stride = 1         # the loss on every voxel of every example, as in the paper
   config.thin_column_weight = 1.0  # and every voxel weighted alike
   config.relief_weight = 1.0
+  config.iou_loss_weight = 0.0     # nor the soft IoU beside it: the paper's loss alone
   config.smooth_z_voxels = 0.0     # meshes from the network's own soft volume, as the release's
   config.test_time_flip = False    # one forward pass per crop, as the release's
   config.ema_decay = 0.0         # the paper evaluates the trained weights themselves

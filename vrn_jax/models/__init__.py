@@ -21,8 +21,8 @@ from ml_collections import config_dict
 from vrn_jax.models.heatmaps import SIGMA_PX, heatmap_peaks, render_heatmaps
 from vrn_jax.models.hourglass import TOPOLOGIES, HourglassBlock, StandardLevel
 from vrn_jax.models.layers import Residual, count_parameters, upsample_bilinear
-from vrn_jax.models.losses import (heatmap_loss, relief_voxels, upsampled_volume_loss, volume_iou,
-                                   volume_loss, weighted_volume_loss)
+from vrn_jax.models.losses import (heatmap_loss, relief_voxels, soft_iou_loss, upsampled_volume_loss,
+                                   volume_iou, volume_loss, weighted_volume_loss)
 from vrn_jax.models.release import ParamTarget, ReleaseLevel, release_param_paths
 from vrn_jax.models.vrn import (BODY_STRIDES, HEAD_UPSAMPLES, OUTPUT_STRIDE, STEMS, VRN, LandmarkDetector,
                                VRNGuided, VRNMultitask)
@@ -34,7 +34,7 @@ __all__ = [
     "StandardLevel", "ReleaseLevel", "Residual", "ParamTarget", "release_param_paths", "get_model",
     "default_model_config", "count_parameters", "upsample_bilinear", "render_heatmaps",
     "heatmap_peaks", "SIGMA_PX", "volume_loss", "weighted_volume_loss", "relief_voxels",
-    "volume_iou", "heatmap_loss", "upsampled_volume_loss", "OUTPUT_STRIDE",
+    "volume_iou", "soft_iou_loss", "heatmap_loss", "upsampled_volume_loss", "OUTPUT_STRIDE",
 ]
 
 

@@ -95,6 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps.loss_stride(config)
   steps.thin_column_weight(config)
   steps.relief_weight(config)
+  steps.iou_loss_weight(config)
   optimizers.ema_decay(config)
   allowed_nonfinite = max_nonfinite_steps(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))

@@ -98,6 +98,18 @@ def thin_column_weight(config) -> float:
   return weight
 
 
+def iou_loss_weight(config) -> float:
+  """config.iou_loss_weight (0, off, when absent): the soft IoU's weight beside the per-voxel loss;
+  checked against the head it needs."""
+  weight = float(config.get("iou_loss_weight", 0.0))
+  if not weight >= 0.0:
+    raise InputError(f"config iou_loss_weight {weight!r}: expected >= 0 (0: off).")
+  if weight and config.model.get("head_upsample", "logits") == "logits":
+    raise InputError("config iou_loss_weight != 0 needs model.head_upsample 'features' or "
+                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
+  return weight
+
+
 def relief_weight(config) -> tuple[float, int]:
   """(config.relief_weight, its window in the loss's columns): 1 (off) when absent; checked."""
   weight = _loss_weight(config, "relief_weight", "off")
@@ -183,6 +195,10 @@ def loss_and_outputs(config, model, variables, images, targets, landmarks, train
   else:
     loss = models.volume_loss(logits, targets)
   aux = {"volume_loss": loss}
+  iou_weight = iou_loss_weight(config) if train else 0.0
+  if iou_weight:
+    aux["iou_loss"] = models.soft_iou_loss(logits, targets)
+    loss = loss + iou_weight * aux["iou_loss"]
   if heatmaps is not None:
     hm_loss = models.heatmap_loss(out["heatmaps"], heatmaps)
     aux["heatmap_loss"] = hm_loss
