@@ -95,11 +95,12 @@ def size_config(size: str):
   # Side by side with PyTorch on the same network and loss: the default's width with the paper's stem,
   # hourglasses at 48x48 (depth 4 at the reduced size), the paper's head (logits upsampled x4, what the
   # PyTorch twin builds) and the loss on every voxel, no weight average (the CPU default trains with the
-  # patchify stem, hourglasses at 24x24, a feature-upsampling head, loss_stride 8 and an average; its
-  # own training speed is the main job's, in the README).
+  # patchify stem, hourglasses at 24x24, a feature-upsampling head, loss_stride 4, weighted loss terms
+  # and an average; its own training speed is the main job's, in the README).
   config.model.stem, config.model.body_stride, config.loss_stride, config.ema_decay = "conv7x7", 1, 1, 0.0
   config.model.head_upsample = "logits"
   config.thin_column_weight = config.relief_weight = 1.0  # the paper's loss, as the PyTorch step's
+  config.iou_loss_weight = 0.0
   if size == "reduced":
     config.model.depth = 4
   return config
