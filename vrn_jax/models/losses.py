@@ -106,9 +106,8 @@ def soft_iou_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   """1 - the soft intersection over union of sigmoid(logits) and the target, averaged over the batch.
 
   Per example sum(p t) / sum(p + t - p t): with p in {0, 1} exactly `volume_iou`'s figure, which the
-  per-voxel cross-entropy only reaches through every voxel's own error. Its gradient weights each voxel
-  by the example's union: a face whose volume is small counts as much as a large one, and a voxel of
-  the surface as much as the few voxels of the thin edge that decide the silhouette (not the paper's loss).
+  per-voxel cross-entropy only reaches through every voxel's own error. Each example's gradient is
+  scaled by its union, so a small face's volume counts as much as a large one's (not the paper's loss).
 
   Args:
     logits: (B, ...) volume logits (any float dtype; float32 inside), e.g. the loss's sampled voxels.
