@@ -76,14 +76,14 @@ def loss_stride(config) -> int:
   return stride
 
 
-def _loss_weight(config, field: str, one_means: str) -> float:
-  """config.<field> (1 when absent), a loss weight: >= 1, and != 1 only with a head the weighted
-  per-voxel loss trains ('features' or 'features_bspline')."""
-  weight = float(config.get(field, 1.0))
-  if weight < 1.0:
-    raise InputError(f"config {field} {weight!r}: expected >= 1 (1: {one_means}).")
-  if weight != 1.0 and config.model.get("head_upsample", "logits") == "logits":
-    raise InputError(f"config {field} != 1 needs model.head_upsample 'features' or "
+def _loss_weight(config, field: str, off_means: str, off: float = 1.0) -> float:
+  """config.<field> (`off` when absent), a loss term's weight: >= off, and != off only with a head the
+  weighted per-voxel loss trains ('features' or 'features_bspline')."""
+  weight = float(config.get(field, off))
+  if not weight >= off:
+    raise InputError(f"config {field} {weight!r}: expected >= {off:g} ({off:g}: {off_means}).")
+  if weight != off and config.model.get("head_upsample", "logits") == "logits":
+    raise InputError(f"config {field} != {off:g} needs model.head_upsample 'features' or "
                      "'features_bspline' (the 'logits' head trains through the fused paper loss).")
   return weight
 
@@ -101,13 +101,7 @@ def thin_column_weight(config) -> float:
 def iou_loss_weight(config) -> float:
   """config.iou_loss_weight (0, off, when absent): the soft IoU's weight beside the per-voxel loss;
   checked against the head it needs."""
-  weight = float(config.get("iou_loss_weight", 0.0))
-  if not weight >= 0.0:
-    raise InputError(f"config iou_loss_weight {weight!r}: expected >= 0 (0: off).")
-  if weight and config.model.get("head_upsample", "logits") == "logits":
-    raise InputError("config iou_loss_weight != 0 needs model.head_upsample 'features' or "
-                     "'features_bspline' (the 'logits' head trains through the fused paper loss).")
-  return weight
+  return _loss_weight(config, "iou_loss_weight", "off", off=0.0)
 
 
 def relief_weight(config) -> tuple[float, int]:
